@@ -1,0 +1,1 @@
+//! rise-data (being built).

@@ -1,0 +1,1 @@
+//! rise-engine (being built).

@@ -1,0 +1,1 @@
+//! rise-model (being built).

@@ -1,0 +1,1 @@
+//! rise-stages (being built).

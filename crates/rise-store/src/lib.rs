@@ -1,0 +1,1 @@
+//! rise-store (being built).

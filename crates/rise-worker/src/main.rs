@@ -1,0 +1,29 @@
+//! `rise-worker`: the only binary that links libtorch.
+//!
+//! The `rise` engine spawns it for torch work (one stage per process) and for the
+//! model commands (`score`, `generate`). Keeping libtorch out of `rise` keeps the
+//! engine's start-up in milliseconds; see ARCHITECTURE.md, "Two binaries".
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod doctor;
+
+#[derive(Parser)]
+#[command(name = "rise-worker", version, about = "Runs rise's torch stages and model commands (spawned by `rise`).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the libtorch version, CUDA devices and thread count as JSON.
+    Doctor,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Doctor => doctor::run(),
+    }
+}
