@@ -1,1 +1,16 @@
-//! rise-engine (being built).
+//! rise-engine: pipelines of cached, content-addressed stages.
+//!
+//! A pipeline file ([`pipeline`]) declares stages and how their inputs are wired; the engine
+//! validates it against a [`registry::Registry`] of stage kinds, computes each stage's cache key
+//! ([`key`]) from its kind, version, resolved params, input artifact ids and seed, and runs only
+//! the stages whose keys have no valid committed result ([`exec`]). It knows nothing of RISE or
+//! torch: stage kinds come from other crates through the [`stage::Stage`] trait.
+pub mod child;
+pub mod protocol;
+pub mod registry;
+pub mod shell;
+pub mod stage;
+
+pub use protocol::{Event, StageSpec};
+pub use registry::Registry;
+pub use stage::{Execution, InputSpec, ParamError, Progress, Stage, StageContext, StageError};

@@ -1,0 +1,262 @@
+//! The built-in `shell` kind: `bash -c CMD` with inputs, outputs and params in the environment.
+//!
+//! Params are never spliced into the command text (no quoting bugs, no injection): each becomes
+//! `RISE_PARAM_<NAME>`. Inputs become `RISE_IN_<NAME>`.
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::child::{describe_status, run_child, LineSink};
+use crate::stage::{Execution, InputSpec, ParamError, Stage, StageContext, StageError};
+
+/// `kind = "shell"`: fields `cmd` (required) and `outputs` (relative paths that must exist).
+pub struct ShellStage;
+
+/// Version of the shell kind's behaviour (environment it provides): part of every shell key.
+pub const SHELL_VERSION: u32 = 1;
+
+impl Stage for ShellStage {
+    fn kind(&self) -> &'static str {
+        "shell"
+    }
+
+    fn version(&self) -> u32 {
+        SHELL_VERSION
+    }
+
+    fn execution(&self) -> Execution {
+        Execution::Shell
+    }
+
+    fn inputs(&self) -> InputSpec {
+        InputSpec::any()
+    }
+
+    fn fields(&self) -> &'static [&'static str] {
+        &["cmd", "outputs"]
+    }
+
+    /// Input: `{cmd, outputs?, ...params}`. Output: `{"cmd", "outputs", "params": {...}}`.
+    fn resolve_params(&self, value: &Value) -> Result<Value, ParamError> {
+        let Some(table) = value.as_object() else {
+            return Err(ParamError::new("params", "expected a table"));
+        };
+        let cmd = match table.get("cmd") {
+            Some(Value::String(cmd)) if !cmd.trim().is_empty() => cmd.clone(),
+            Some(Value::String(_)) => return Err(ParamError::new("cmd", "is empty")),
+            Some(other) => {
+                return Err(ParamError::new(
+                    "cmd",
+                    format!("expected a string, got {}", type_name(other)),
+                ))
+            }
+            None => {
+                return Err(ParamError::new(
+                    "cmd",
+                    "missing: a shell stage needs `cmd = \"...\"`",
+                ))
+            }
+        };
+        let mut outputs = Vec::new();
+        match table.get("outputs") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let field = format!("outputs[{i}]");
+                    let Value::String(path) = item else {
+                        return Err(ParamError::new(
+                            field,
+                            format!("expected a string, got {}", type_name(item)),
+                        ));
+                    };
+                    check_relative(path).map_err(|msg| ParamError::new(field, msg))?;
+                    outputs.push(Value::String(path.clone()));
+                }
+            }
+            Some(other) => {
+                return Err(ParamError::new(
+                    "outputs",
+                    format!(
+                        "expected an array of relative paths, got {}",
+                        type_name(other)
+                    ),
+                ))
+            }
+        }
+        let mut params = Map::new();
+        let mut env_names: BTreeMap<String, String> = BTreeMap::new();
+        for (name, v) in table {
+            if name == "cmd" || name == "outputs" {
+                continue;
+            }
+            let env = env_suffix(name);
+            if let Some(previous) = env_names.insert(env.clone(), name.clone()) {
+                return Err(ParamError::new(
+                    format!("params.{name}"),
+                    format!("maps to the same variable RISE_PARAM_{env} as param `{previous}`"),
+                ));
+            }
+            params.insert(name.clone(), v.clone());
+        }
+        Ok(serde_json::json!({ "cmd": cmd, "outputs": outputs, "params": params }))
+    }
+
+    fn declared_outputs(&self, resolved: &Value) -> Vec<String> {
+        resolved["outputs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let cmd = shell_command(ctx)?;
+        let progress = ctx.progress.clone();
+        let log: LineSink = Arc::new(move |line: &str| {
+            progress.emit(crate::protocol::Event::Log {
+                msg: line.to_string(),
+            })
+        });
+        let status = run_child(cmd, &log, &ctx.progress, &ctx.cancel)?;
+        if !status.success() {
+            return Err(StageError::msg(format!(
+                "command failed: {}",
+                describe_status(&status)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "a table",
+    }
+}
+
+/// A declared output must stay inside the output directory.
+pub(crate) fn check_relative(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.starts_with('/') {
+        return Err(format!(
+            "`{path}` is absolute; outputs are relative to $RISE_OUT"
+        ));
+    }
+    if path.split('/').any(|c| c == ".." || c == ".") {
+        return Err(format!(
+            "`{path}` contains `.` or `..`; outputs must stay inside $RISE_OUT"
+        ));
+    }
+    Ok(())
+}
+
+/// `my-input/x` -> `MY_INPUT_X`: upper-cased, anything not alphanumeric becomes `_`.
+pub fn env_suffix(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// How a param value appears in the environment: strings raw, numbers and booleans as TOML
+/// would write them, arrays and tables as JSON.
+pub fn env_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The `bash -c CMD` command for a resolved shell stage, with its environment.
+pub fn shell_command(ctx: &StageContext) -> Result<Command, StageError> {
+    let Some(cmd_text) = ctx.params["cmd"].as_str() else {
+        return Err(StageError::msg(format!(
+            "stage {}: resolved params lack `cmd`",
+            ctx.stage
+        )));
+    };
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(cmd_text);
+    cmd.current_dir(&ctx.out_dir);
+    cmd.env("RISE_OUT", &ctx.out_dir)
+        .env("RISE_SCRATCH", &ctx.scratch_dir)
+        .env("RISE_SEED", ctx.seed.to_string())
+        .env("RISE_STAGE", &ctx.stage)
+        .env("RISE_PIPELINE", &ctx.pipeline)
+        .env("RISE_DEVICE", &ctx.device)
+        .env("RISE_THREADS", ctx.threads.to_string());
+    for (name, path) in &ctx.inputs {
+        cmd.env(format!("RISE_IN_{}", env_suffix(name)), path);
+    }
+    if let Some(params) = ctx.params["params"].as_object() {
+        for (name, v) in params {
+            cmd.env(format!("RISE_PARAM_{}", env_suffix(name)), env_value(v));
+        }
+    }
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resolves_cmd_outputs_and_params() {
+        let r = ShellStage
+            .resolve_params(&json!({"cmd": "echo", "outputs": ["a/b.txt"], "n": 3, "name": "x"}))
+            .unwrap();
+        assert_eq!(
+            r,
+            json!({"cmd": "echo", "outputs": ["a/b.txt"], "params": {"n": 3, "name": "x"}})
+        );
+        assert_eq!(ShellStage.declared_outputs(&r), vec!["a/b.txt".to_string()]);
+    }
+
+    #[test]
+    fn rejects_bad_fields_naming_them() {
+        let cases = [
+            (json!({}), "cmd"),
+            (json!({"cmd": 3}), "cmd"),
+            (json!({"cmd": " "}), "cmd"),
+            (json!({"cmd": "x", "outputs": "a"}), "outputs"),
+            (json!({"cmd": "x", "outputs": [1]}), "outputs[0]"),
+            (json!({"cmd": "x", "outputs": ["../a"]}), "outputs[0]"),
+            (json!({"cmd": "x", "outputs": ["/a"]}), "outputs[0]"),
+            (json!({"cmd": "x", "a-b": 1, "a_b": 2}), "params.a_b"),
+        ];
+        for (value, field) in cases {
+            let err = ShellStage.resolve_params(&value).unwrap_err();
+            assert_eq!(err.field, field, "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_names_and_values() {
+        assert_eq!(env_suffix("my-input/x"), "MY_INPUT_X");
+        assert_eq!(env_value(&json!(0.001)), "0.001");
+        assert_eq!(env_value(&json!(true)), "true");
+        assert_eq!(env_value(&json!("a b")), "a b");
+        assert_eq!(env_value(&json!([1, 2])), "[1,2]");
+    }
+}
