@@ -1,1 +1,71 @@
-//! rise-store (being built).
+//! `rise-store`: a content-addressed artifact store with a rebuildable index.
+//!
+//! It knows nothing of pipelines or RISE: it stores blobs, trees of blobs (artifacts), result
+//! manifests filed under opaque stage keys, and run records.
+//!
+//! # Layout
+//! ```text
+//! STORE                 format marker ("rise-store 1")
+//! objects/ab/cdef…      immutable blobs, named by the blake3 of their bytes
+//! results/<result id>   one empty marker per committed result: the commit record
+//! index/                sled: key -> result, artifact -> producer, (pipeline, stage) -> latest
+//! index.lock            serialises every use of the index
+//! pins/<name>           an artifact id kept alive by gc
+//! runs/<run id>.json    run records
+//! checkouts/<id>/       read-only materialised artifacts (cache)
+//! scratch/<key>/        a stage's resumable in-progress state
+//! logs/                 per-run and per-stage logs
+//! locks/keys/<key>.lock per-stage-key locks; locks/runs/ records who holds run.lock
+//! run.lock              shared by runs, exclusive for gc
+//! tmp/                  per-process staging areas, cleaned when their process is gone
+//! ```
+//!
+//! # Invariants
+//! 1. **A blob's bytes hash to its name.** Blobs are written to a private temp file, fsynced,
+//!    made read-only and renamed into place; they are never modified. Every read re-hashes (streaming) and
+//!    a mismatch is an error naming the blob, so damaged bytes are never returned as valid data.
+//! 2. **Trees and results are canonical.** A tree manifest lists `(path, blob, size, executable)`
+//!    sorted by path in one fixed JSON encoding (see [`Tree`]); a result manifest is JSON with keys
+//!    sorted at every depth. Ids are therefore independent of creation order and mtimes.
+//! 3. **Paths are safe.** Tree paths are relative, `/`-separated, with no `.`/`..`/empty
+//!    components; links out of a stored directory are rejected. Materialising a tree cannot write
+//!    outside its destination.
+//! 4. **Commit order.** Output blobs, then the tree manifest, then the result manifest blob, then
+//!    the `results/<id>` marker (the commit point), then the index entries. A crash at any point
+//!    leaves either no result or a complete one; never a half-visible one.
+//! 5. **The index is only an index.** It is a deterministic function of the committed markers
+//!    (among several results for one key or stage, the greatest `(finished_at, result id)` wins), so
+//!    [`Store::reindex`] rebuilds it exactly, and each index transaction first rolls forward
+//!    markers it has not seen. sled is opened only for one short transaction at a time, under
+//!    `index.lock`, so several processes take turns.
+//! 6. **Locks are kernel locks** (`flock`): they vanish with their process. Lock files record the
+//!    holder's pid and command so waiters can say who they wait for.
+//! 7. **Temp files of dead writers are removed** at the next [`Store::open`]: each process stages
+//!    in `tmp/<name>/`, guarded by a lock on `tmp/<name>.lock` that dies with it.
+//! 8. **gc never runs during a run** (it needs `run.lock` exclusively) and keeps everything
+//!    reachable from the latest result of each (pipeline, stage) and from pins.
+#![warn(missing_docs)]
+
+mod artifact;
+mod blob;
+mod error;
+mod id;
+mod index;
+mod lock;
+mod maint;
+mod result;
+mod store;
+mod tree;
+
+pub use blob::BlobReader;
+pub use error::{Result, StoreError};
+pub use id::{ArtifactId, BlobId, ResultId, StageKey};
+pub use index::IndexSnapshot;
+pub use lock::{KeyLock, LockHolder, RunLock};
+pub use maint::{
+    BadBlob, BadCheckout, BadResult, BlobProblem, GcReport, IndexProblem, ReindexReport,
+    VerifyReport,
+};
+pub use result::{write_canonical_json, ResultManifest, RESULT_FORMAT};
+pub use store::Store;
+pub use tree::{validate_path, Tree, TreeEntry, TREE_FORMAT};

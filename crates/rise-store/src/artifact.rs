@@ -1,0 +1,442 @@
+//! Artifacts: storing a directory as a tree, reading it back, verifying and materialising it.
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::blob::hash_file;
+use crate::error::{Result, StoreError};
+use crate::id::ArtifactId;
+use crate::store::{remove_dir_all_force, sync_dir, sync_parent, Store};
+use crate::tree::{scan_dir, Tree, TreeEntry};
+
+impl Store {
+    /// Stores every file under `dir` (hashing files in parallel) and then the tree manifest.
+    /// Returns the artifact id. See [`Tree`] for what is recorded and the path rules.
+    pub fn put_tree(&self, dir: &Path) -> Result<ArtifactId> {
+        let files = scan_dir(dir)?;
+        let entries: Vec<TreeEntry> = files
+            .par_iter()
+            .map(|f| {
+                let (blob, size) = self.put_file_inner(&f.real, false)?;
+                Ok(TreeEntry {
+                    path: f.rel.clone(),
+                    blob,
+                    size,
+                    executable: f.executable,
+                })
+            })
+            .collect::<Result<_>>()?;
+        // Entry blobs must be durable before the manifest that names them.
+        self.sync_fanout(entries.iter().map(|e| e.blob))?;
+        let tree = Tree::new(entries)?;
+        self.put_tree_manifest(&tree)
+    }
+
+    /// Stores the manifest of an already-built tree whose blobs are in the store.
+    pub fn put_tree_manifest(&self, tree: &Tree) -> Result<ArtifactId> {
+        tree.validate()?;
+        self.put_bytes(&tree.to_manifest_bytes())
+    }
+
+    /// Reads (verified) and parses the tree of artifact `id`.
+    pub fn read_tree(&self, id: &ArtifactId) -> Result<Tree> {
+        let bytes = self.read_blob(id)?;
+        Tree::from_manifest_bytes(id, &bytes)
+    }
+
+    /// Checks that every blob of artifact `id` is present, has the recorded size and hashes
+    /// correctly. The error names the first bad blob (in path order) and its path in the tree.
+    pub fn verify_artifact(&self, id: &ArtifactId) -> Result<()> {
+        let tree = self.read_tree(id)?;
+        let mut failures: Vec<(usize, StoreError)> = tree
+            .entries
+            .par_iter()
+            .enumerate()
+            .filter_map(|(i, e)| self.check_entry(e).err().map(|err| (i, err)))
+            .collect();
+        failures.sort_by_key(|(i, _)| *i);
+        match failures.into_iter().next() {
+            None => Ok(()),
+            Some((_, err)) => Err(err),
+        }
+    }
+
+    fn check_entry(&self, e: &TreeEntry) -> Result<()> {
+        match self.check_blob(&e.blob) {
+            Ok(size) if size == e.size => Ok(()),
+            Ok(size) => Err(StoreError::CorruptBlob {
+                id: e.blob,
+                path: self.blob_path(&e.blob),
+                detail: format!(
+                    "size {size}, but tree entry {:?} records {}",
+                    e.path, e.size
+                ),
+            }),
+            Err(StoreError::CorruptBlob { id, path, detail }) => Err(StoreError::CorruptBlob {
+                id,
+                path,
+                detail: format!("{detail} (tree entry {:?})", e.path),
+            }),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Writes artifact `id`'s files into `dest` (which must not exist, or be an empty
+    /// directory). Every file is verified after writing; files are read-only (and executable
+    /// where recorded). On error nothing is left at `dest`.
+    pub fn materialize(&self, id: &ArtifactId, dest: &Path) -> Result<()> {
+        if let Ok(mut rd) = fs::read_dir(dest) {
+            if rd.next().is_some() {
+                return Err(StoreError::DestinationExists {
+                    path: dest.to_path_buf(),
+                });
+            }
+        } else if dest.exists() {
+            return Err(StoreError::DestinationExists {
+                path: dest.to_path_buf(),
+            });
+        }
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact");
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(StoreError::io("create directory", &parent))?;
+        // Stage next to dest (same file system) so the final step is one atomic rename.
+        let staging = parent.join(format!(".{name}.rise-partial-{}", std::process::id()));
+        let _ = remove_dir_all_force(&staging);
+        let result = self.materialize_into(id, &staging, false).and_then(|_| {
+            fs::rename(&staging, dest).map_err(StoreError::io("rename into place", dest))?;
+            sync_parent(dest)
+        });
+        if result.is_err() {
+            let _ = remove_dir_all_force(&staging);
+        }
+        result
+    }
+
+    /// Materialises into a fresh directory `dir`. `readonly_dirs` also makes directories
+    /// read-only (checkouts), after all files are in.
+    fn materialize_into(&self, id: &ArtifactId, dir: &Path, readonly_dirs: bool) -> Result<()> {
+        let tree = self.read_tree(id)?;
+        fs::create_dir(dir).map_err(StoreError::io("create directory", dir))?;
+        let mut dirs = vec![dir.to_path_buf()];
+        for e in &tree.entries {
+            if let Some((parent, _)) = e.path.rsplit_once('/') {
+                let p = dir.join(parent);
+                if !p.exists() {
+                    fs::create_dir_all(&p).map_err(StoreError::io("create directory", &p))?;
+                    let mut cur = Path::new(parent);
+                    loop {
+                        dirs.push(dir.join(cur));
+                        match cur.parent() {
+                            Some(up) if !up.as_os_str().is_empty() => cur = up,
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
+        tree.entries
+            .par_iter()
+            .try_for_each(|e| self.write_entry(e, dir))?;
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs.iter().rev() {
+            sync_dir(d)?;
+            if readonly_dirs {
+                fs::set_permissions(d, fs::Permissions::from_mode(0o555))
+                    .map_err(StoreError::io("set permissions of", d))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_entry(&self, e: &TreeEntry, dir: &Path) -> Result<()> {
+        let src = self.blob_path(&e.blob);
+        let dest = dir.join(&e.path);
+        match fs::copy(&src, &dest) {
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound && !src.exists() => {
+                return Err(StoreError::MissingBlob {
+                    id: e.blob,
+                    path: src,
+                });
+            }
+            Err(err) => return Err(StoreError::io("copy blob to", &dest)(err)),
+        }
+        // Verify the copy itself: whatever happened on the way, what lands is what was recorded.
+        let (actual, size) = hash_file(&dest).map_err(StoreError::io("hash", &dest))?;
+        if actual != e.blob || size != e.size {
+            return Err(StoreError::CorruptBlob {
+                id: e.blob,
+                path: src,
+                detail: format!(
+                    "{size} bytes that hash to {actual} (tree entry {:?})",
+                    e.path
+                ),
+            });
+        }
+        let mode = if e.executable { 0o555 } else { 0o444 };
+        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+            .map_err(StoreError::io("set permissions of", &dest))?;
+        File::open(&dest)
+            .and_then(|f| f.sync_all())
+            .map_err(StoreError::io("sync", &dest))
+    }
+
+    /// A read-only checkout of artifact `id` under `checkouts/<id>/`, materialised (verified) and
+    /// renamed into place atomically on first use, then reused. Concurrent first uses are safe:
+    /// one rename wins, the others discard their copy.
+    pub fn artifact_path(&self, id: &ArtifactId) -> Result<std::path::PathBuf> {
+        let dest = self.checkout_path(id);
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let staging = self.tmp_path("checkout")?;
+        let result = self.materialize_into(id, &staging, true);
+        if let Err(e) = result {
+            let _ = remove_dir_all_force(&staging);
+            return Err(e);
+        }
+        match fs::rename(&staging, &dest) {
+            Ok(()) => {
+                sync_parent(&dest)?;
+                Ok(dest)
+            }
+            Err(_) if dest.is_dir() => {
+                remove_dir_all_force(&staging)?;
+                Ok(dest)
+            }
+            Err(e) => {
+                let _ = remove_dir_all_force(&staging);
+                Err(StoreError::io("rename into place", &dest)(e))
+            }
+        }
+    }
+
+    /// Removes the checkout of `id`, if any (it is recreated on next use).
+    pub fn remove_checkout(&self, id: &ArtifactId) -> Result<()> {
+        remove_dir_all_force(&self.checkout_path(id))
+    }
+
+    /// Compares checkout `dir` with tree `tree`: the problems found (empty if it matches).
+    pub(crate) fn check_checkout(&self, dir: &Path, tree: &Tree) -> Vec<String> {
+        let mut problems = Vec::new();
+        match scan_dir(dir) {
+            Err(e) => problems.push(e.to_string()),
+            Ok(files) => {
+                let mut found: Vec<&str> = files.iter().map(|f| f.rel.as_str()).collect();
+                found.sort();
+                for f in &files {
+                    if tree.get(&f.rel).is_none() {
+                        problems.push(format!("extra file {:?}", f.rel));
+                    }
+                }
+                for e in &tree.entries {
+                    if found.binary_search(&e.path.as_str()).is_err() {
+                        problems.push(format!("missing file {:?}", e.path));
+                    }
+                }
+                let bad: Vec<String> = files
+                    .par_iter()
+                    .filter_map(|f| {
+                        let e = tree.get(&f.rel)?;
+                        match hash_file(&f.real) {
+                            Ok((id, size)) if id == e.blob && size == e.size => None,
+                            Ok(_) => Some(format!("file {:?} differs from blob {}", f.rel, e.blob)),
+                            Err(err) => Some(format!("cannot read {:?}: {err}", f.rel)),
+                        }
+                    })
+                    .collect();
+                problems.extend(bad);
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn setup() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("store")).unwrap();
+        (dir, s)
+    }
+
+    fn write(p: &Path, bytes: &[u8]) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, bytes).unwrap();
+    }
+
+    #[test]
+    fn tree_round_trip_with_modes_and_links_inside() {
+        let (dir, s) = setup();
+        let src = dir.path().join("src");
+        write(&src.join("a.txt"), b"alpha");
+        write(&src.join("sub/deep/b.bin"), &[0u8, 1, 2, 255]);
+        write(&src.join("run.sh"), b"#!/bin/sh\necho hi\n");
+        fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("a.txt", src.join("link-to-a")).unwrap();
+        symlink("sub/deep", src.join("link-to-dir")).unwrap();
+        let id = s.put_tree(&src).unwrap();
+        let tree = s.read_tree(&id).unwrap();
+        let paths: Vec<&str> = tree.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "a.txt",
+                "link-to-a",
+                "link-to-dir/b.bin",
+                "run.sh",
+                "sub/deep/b.bin"
+            ]
+        );
+        assert!(tree.get("run.sh").unwrap().executable && !tree.get("a.txt").unwrap().executable);
+        s.verify_artifact(&id).unwrap();
+
+        let out = dir.path().join("out");
+        s.materialize(&id, &out).unwrap();
+        assert_eq!(fs::read(out.join("link-to-a")).unwrap(), b"alpha");
+        assert_eq!(
+            fs::read(out.join("sub/deep/b.bin")).unwrap(),
+            [0u8, 1, 2, 255]
+        );
+        assert_eq!(
+            fs::metadata(out.join("run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o555
+        );
+        assert_eq!(
+            fs::metadata(out.join("a.txt"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o444
+        );
+        assert_eq!(
+            s.put_tree(&out).unwrap(),
+            id,
+            "a materialised tree stores back to the same id"
+        );
+        assert!(matches!(
+            s.materialize(&id, &out),
+            Err(StoreError::DestinationExists { .. })
+        ));
+
+        let co = s.artifact_path(&id).unwrap();
+        assert_eq!(co, s.root().join("checkouts").join(id.to_hex()));
+        assert_eq!(s.artifact_path(&id).unwrap(), co);
+        assert!(s.check_checkout(&co, &tree).is_empty());
+        assert!(fs::write(co.join("new-file"), b"x").is_err() || nix_is_root());
+        s.remove_checkout(&id).unwrap();
+        assert!(!co.exists());
+    }
+
+    fn nix_is_root() -> bool {
+        // Root ignores permission bits; the read-only check is meaningful only for other users.
+        fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn links_out_of_the_tree_and_special_files_are_rejected() {
+        let (dir, s) = setup();
+        let outside = dir.path().join("secret");
+        write(&outside, b"do not store");
+        let src = dir.path().join("src");
+        write(&src.join("ok"), b"ok");
+        symlink(&outside, src.join("escape")).unwrap();
+        let err = s.put_tree(&src).unwrap_err();
+        assert!(matches!(err, StoreError::LinkEscapes { .. }), "{err}");
+        assert!(
+            err.to_string().contains("escape") && err.to_string().contains("outside the tree"),
+            "{err}"
+        );
+
+        fs::remove_file(src.join("escape")).unwrap();
+        symlink("../secret", src.join("relative-escape")).unwrap();
+        assert!(matches!(
+            s.put_tree(&src),
+            Err(StoreError::LinkEscapes { .. })
+        ));
+        fs::remove_file(src.join("relative-escape")).unwrap();
+
+        symlink("nowhere", src.join("dangling")).unwrap();
+        let err = s.put_tree(&src).unwrap_err().to_string();
+        assert!(err.contains("dangling"), "{err}");
+        fs::remove_file(src.join("dangling")).unwrap();
+
+        symlink(".", src.join("loop")).unwrap();
+        let err = s.put_tree(&src).unwrap_err().to_string();
+        assert!(err.contains("loop"), "{err}");
+        fs::remove_file(src.join("loop")).unwrap();
+
+        let sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+        let err = s.put_tree(&src).unwrap_err().to_string();
+        assert!(err.contains("sock") && err.contains("socket"), "{err}");
+        drop(sock);
+        fs::remove_file(src.join("sock")).unwrap();
+        s.put_tree(&src).unwrap();
+    }
+
+    #[test]
+    fn unsafe_manifests_are_rejected_before_writing() {
+        let (dir, s) = setup();
+        // A manifest crafted by hand with `..` in a path, stored as a blob.
+        let blob = s.put_bytes(b"payload").unwrap();
+        let text = format!(
+            r#"{{"format":"rise-tree/1","entries":[{{"path":"../../escaped","blob":"{blob}","size":7,"executable":false}}]}}"#
+        );
+        let id = s.put_bytes(text.as_bytes()).unwrap();
+        let out = dir.path().join("out");
+        let err = s.materialize(&id, &out).unwrap_err().to_string();
+        assert!(err.contains("../../escaped"), "{err}");
+        assert!(!out.exists() && !dir.path().join("escaped").exists());
+        let abs = text.replace("../../escaped", "/tmp/escaped");
+        let id = s.put_bytes(abs.as_bytes()).unwrap();
+        assert!(s
+            .read_tree(&id)
+            .unwrap_err()
+            .to_string()
+            .contains("absolute"));
+    }
+
+    #[test]
+    fn materialize_refuses_damaged_blobs_and_leaves_nothing() {
+        let (dir, s) = setup();
+        let src = dir.path().join("src");
+        write(&src.join("x"), b"xxxxxxxx");
+        write(&src.join("y"), b"yyyyyyyy");
+        let id = s.put_tree(&src).unwrap();
+        let tree = s.read_tree(&id).unwrap();
+        let victim = tree.get("y").unwrap().blob;
+        let p = s.blob_path(&victim);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"yyyyyyyz").unwrap();
+        let err = s.verify_artifact(&id).unwrap_err();
+        assert!(
+            err.to_string().contains(&victim.to_string()) && err.to_string().contains("\"y\""),
+            "{err}"
+        );
+        let out = dir.path().join("out");
+        assert!(s.materialize(&id, &out).unwrap_err().is_corruption());
+        assert!(!out.exists());
+        assert!(s.artifact_path(&id).unwrap_err().is_corruption());
+        assert!(!s.root().join("checkouts").join(id.to_hex()).exists());
+    }
+}

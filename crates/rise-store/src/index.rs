@@ -1,0 +1,504 @@
+//! The sled index: a cache of the committed result markers, rebuilt from them at will.
+//!
+//! sled 0.34 admits one process at a time and can be damaged by abrupt stops, so it is opened
+//! for one short transaction under `index.lock` and closed again, and everything in it can be
+//! recomputed from `results/` and the result manifests.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Result, StoreError};
+use crate::id::{ArtifactId, BlobId, ResultId, StageKey};
+use crate::lock::{self, LockHolder, Mode};
+use crate::result::ResultManifest;
+use crate::store::{remove_dir_all_force, sync_dir, Store};
+
+const T_RESULTS: &str = "results";
+const T_BY_KEY: &str = "by_key";
+const T_PRODUCERS: &str = "producers";
+const T_LATEST: &str = "latest";
+
+/// Everything the index holds, in plain maps: used to compare the index with what the markers
+/// imply (`verify`) and to check that `reindex` restores it exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IndexSnapshot {
+    /// Every indexed result.
+    pub results: BTreeSet<ResultId>,
+    /// Stage key -> current result.
+    pub by_key: BTreeMap<StageKey, ResultId>,
+    /// Artifact -> current producing result.
+    pub producers: BTreeMap<ArtifactId, ResultId>,
+    /// (pipeline, stage) -> latest result.
+    pub latest: BTreeMap<(String, String), ResultId>,
+}
+
+impl IndexSnapshot {
+    /// The index that a set of committed results implies. Among several results for one key,
+    /// artifact or (pipeline, stage), the greatest `(finished_at, result id)` wins, so the
+    /// outcome does not depend on commit order.
+    pub fn from_results<'a>(
+        results: impl IntoIterator<Item = (&'a ResultId, &'a ResultManifest)>,
+    ) -> IndexSnapshot {
+        fn put<K: Ord>(
+            map: &mut BTreeMap<K, (String, ResultId)>,
+            k: K,
+            finished: &str,
+            id: &ResultId,
+        ) {
+            let newer = match map.get(&k) {
+                None => true,
+                Some((f, cur)) => (f.as_str(), cur) < (finished, id),
+            };
+            if newer {
+                map.insert(k, (finished.to_string(), *id));
+            }
+        }
+        let (mut by_key, mut producers, mut latest) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let mut ids = BTreeSet::new();
+        for (id, m) in results {
+            ids.insert(*id);
+            put(&mut by_key, m.key, &m.finished_at, id);
+            put(&mut producers, m.output, &m.finished_at, id);
+            put(
+                &mut latest,
+                (m.pipeline.clone(), m.stage.clone()),
+                &m.finished_at,
+                id,
+            );
+        }
+        fn strip<K: Ord>(m: BTreeMap<K, (String, ResultId)>) -> BTreeMap<K, ResultId> {
+            m.into_iter().map(|(k, (_, v))| (k, v)).collect()
+        }
+        IndexSnapshot {
+            results: ids,
+            by_key: strip(by_key),
+            producers: strip(producers),
+            latest: strip(latest),
+        }
+    }
+}
+
+fn latest_key(pipeline: &str, stage: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(pipeline.len() + stage.len() + 1);
+    k.extend_from_slice(pipeline.as_bytes());
+    k.push(0);
+    k.extend_from_slice(stage.as_bytes());
+    k
+}
+
+/// Index values are the result id followed by its `finished_at`, so deciding which of two
+/// results is current needs no blob read.
+fn encode_value(id: &ResultId, finished_at: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + finished_at.len());
+    v.extend_from_slice(id.as_bytes());
+    v.extend_from_slice(finished_at.as_bytes());
+    v
+}
+
+fn decode_value(path: &Path, v: &[u8]) -> Result<(ResultId, String)> {
+    if v.len() < 32 {
+        return Err(corrupt_index(path, "value shorter than a result id"));
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&v[..32]);
+    let finished = String::from_utf8(v[32..].to_vec())
+        .map_err(|_| corrupt_index(path, "timestamp is not UTF-8"))?;
+    Ok((BlobId(id), finished))
+}
+
+fn corrupt_index(path: &Path, what: &str) -> StoreError {
+    StoreError::Index {
+        path: path.to_path_buf(),
+        source: sled::Error::Unsupported(format!("corrupt entry: {what}")),
+    }
+}
+
+fn id32(path: &Path, k: &[u8]) -> Result<[u8; 32]> {
+    k.try_into()
+        .map_err(|_| corrupt_index(path, "key is not 32 bytes"))
+}
+
+/// One open index (inside `Store::with_index`).
+pub(crate) struct Index {
+    path: PathBuf,
+    results: sled::Tree,
+    by_key: sled::Tree,
+    producers: sled::Tree,
+    latest: sled::Tree,
+    db: sled::Db,
+}
+
+impl Index {
+    fn open(path: &Path) -> Result<Index> {
+        let err = |source| StoreError::Index {
+            path: path.to_path_buf(),
+            source,
+        };
+        let db = sled::Config::new().path(path).open().map_err(err)?;
+        Ok(Index {
+            results: db.open_tree(T_RESULTS).map_err(err)?,
+            by_key: db.open_tree(T_BY_KEY).map_err(err)?,
+            producers: db.open_tree(T_PRODUCERS).map_err(err)?,
+            latest: db.open_tree(T_LATEST).map_err(err)?,
+            path: path.to_path_buf(),
+            db,
+        })
+    }
+
+    fn err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
+        move |source| StoreError::Index {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn put_if_newer(
+        &self,
+        tree: &sled::Tree,
+        k: &[u8],
+        id: &ResultId,
+        finished: &str,
+    ) -> Result<()> {
+        let newer = match tree.get(k).map_err(self.err())? {
+            None => true,
+            Some(v) => {
+                let (cur, f) = decode_value(&self.path, &v)?;
+                (f.as_str(), &cur) < (finished, id)
+            }
+        };
+        if newer {
+            tree.insert(k, encode_value(id, finished))
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn apply(&self, id: &ResultId, m: &ResultManifest) -> Result<()> {
+        self.put_if_newer(&self.by_key, m.key.as_bytes(), id, &m.finished_at)?;
+        self.put_if_newer(&self.producers, m.output.as_bytes(), id, &m.finished_at)?;
+        self.put_if_newer(
+            &self.latest,
+            &latest_key(&m.pipeline, &m.stage),
+            id,
+            &m.finished_at,
+        )?;
+        // Last: a result is "indexed" only once all its entries are in.
+        self.results
+            .insert(id.as_bytes(), &[][..])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        for t in [&self.results, &self.by_key, &self.producers, &self.latest] {
+            t.clear().map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    fn get(&self, tree: &sled::Tree, k: &[u8]) -> Result<Option<ResultId>> {
+        match tree.get(k).map_err(self.err())? {
+            None => Ok(None),
+            Some(v) => decode_value(&self.path, &v).map(|(id, _)| Some(id)),
+        }
+    }
+
+    pub(crate) fn by_key(&self, key: &StageKey) -> Result<Option<ResultId>> {
+        self.get(&self.by_key, key.as_bytes())
+    }
+
+    pub(crate) fn producer(&self, a: &ArtifactId) -> Result<Option<ResultId>> {
+        self.get(&self.producers, a.as_bytes())
+    }
+
+    pub(crate) fn latest(&self, pipeline: &str, stage: &str) -> Result<Option<ResultId>> {
+        self.get(&self.latest, &latest_key(pipeline, stage))
+    }
+
+    pub(crate) fn result_ids(&self) -> Result<BTreeSet<ResultId>> {
+        self.results
+            .iter()
+            .keys()
+            .map(|k| Ok(BlobId(id32(&self.path, &k.map_err(self.err())?)?)))
+            .collect()
+    }
+
+    pub(crate) fn snapshot(&self) -> Result<IndexSnapshot> {
+        let mut s = IndexSnapshot {
+            results: self.result_ids()?,
+            ..Default::default()
+        };
+        for kv in self.by_key.iter() {
+            let (k, v) = kv.map_err(self.err())?;
+            s.by_key.insert(
+                StageKey(id32(&self.path, &k)?),
+                decode_value(&self.path, &v)?.0,
+            );
+        }
+        for kv in self.producers.iter() {
+            let (k, v) = kv.map_err(self.err())?;
+            s.producers.insert(
+                BlobId(id32(&self.path, &k)?),
+                decode_value(&self.path, &v)?.0,
+            );
+        }
+        for kv in self.latest.iter() {
+            let (k, v) = kv.map_err(self.err())?;
+            let text = String::from_utf8(k.to_vec())
+                .map_err(|_| corrupt_index(&self.path, "stage name is not UTF-8"))?;
+            let (p, st) = text
+                .split_once('\0')
+                .ok_or_else(|| corrupt_index(&self.path, "latest key has no separator"))?;
+            s.latest.insert(
+                (p.to_string(), st.to_string()),
+                decode_value(&self.path, &v)?.0,
+            );
+        }
+        Ok(s)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(self.err())?;
+        Ok(())
+    }
+}
+
+impl Store {
+    pub(crate) fn index_path(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    fn lock_index(&self) -> Result<std::fs::File> {
+        let path = self.root.join("index.lock");
+        let file = lock::acquire(&path, Mode::Exclusive, true, &mut |h| {
+            tracing::debug!(
+                "waiting for the index, held by {}",
+                h.map(|h| h.to_string()).unwrap_or_else(|| "?".into())
+            );
+        })?
+        .ok_or_else(|| {
+            StoreError::io("lock", &path)(std::io::Error::other("blocking lock returned nothing"))
+        })?;
+        lock::write_holder(&file, &path, &LockHolder::me("index"))?;
+        Ok(file)
+    }
+
+    /// Opens the index, moving a damaged one aside (it is only a cache of the markers).
+    fn open_index_or_recover(&self) -> Result<(Index, bool)> {
+        let path = self.index_path();
+        match Index::open(&path) {
+            Ok(ix) => Ok((ix, false)),
+            Err(err) => {
+                let aside = self
+                    .root
+                    .join(format!("index.damaged-{}", std::process::id()));
+                tracing::warn!(
+                    "{err}; moving it to {} and rebuilding from the result manifests",
+                    aside.display()
+                );
+                let _ = remove_dir_all_force(&aside);
+                fs::rename(&path, &aside)
+                    .map_err(StoreError::io("move damaged index to", &aside))?;
+                Ok((Index::open(&path)?, true))
+            }
+        }
+    }
+
+    /// Runs `f` on the index inside one short transaction: lock, open, roll forward committed
+    /// markers the index has not seen (or rebuild if it holds results whose markers are gone),
+    /// `f`, flush, close.
+    pub(crate) fn with_index<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        let _guard = self.lock_index()?;
+        let (ix, recovered) = self.open_index_or_recover()?;
+        let markers = self.markers()?;
+        let indexed = if recovered {
+            BTreeSet::new()
+        } else {
+            ix.result_ids()?
+        };
+        if !indexed.is_subset(&markers) {
+            tracing::warn!("index lists results that are no longer committed; rebuilding it");
+            ix.clear()?;
+            self.roll_forward(&ix, markers.iter())?;
+        } else if indexed.len() != markers.len() {
+            self.roll_forward(&ix, markers.difference(&indexed))?;
+        }
+        let out = f(&ix)?;
+        ix.flush()?;
+        Ok(out)
+    }
+
+    fn roll_forward<'a>(&self, ix: &Index, ids: impl Iterator<Item = &'a ResultId>) -> Result<()> {
+        for id in ids {
+            match self.read_result(id) {
+                Ok(m) => ix.apply(id, &m)?,
+                // Left out of the index; `verify` reports it, and it is retried every time.
+                Err(e) if e.is_corruption() => {
+                    tracing::warn!("not indexing committed result {id}: {e}")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed result markers (`results/<id>`).
+    pub(crate) fn markers(&self) -> Result<BTreeSet<ResultId>> {
+        let dir = self.results_dir();
+        let rd = fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
+        let mut out = BTreeSet::new();
+        for e in rd {
+            let e = e.map_err(StoreError::io("list", &dir))?;
+            if let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<ResultId>().ok())
+            {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads (verified) and parses result manifest `id`.
+    pub fn read_result(&self, id: &ResultId) -> Result<ResultManifest> {
+        let bytes = self.read_blob(id)?;
+        ResultManifest::from_bytes(id, &bytes)
+    }
+
+    /// Commits a stage's result. The output artifact's tree and blobs must already be in the
+    /// store (checked by presence and size, not re-hashed). Then the result manifest blob is
+    /// written, then the `results/<id>` marker (the commit point), then the index entries.
+    /// Committing the same manifest twice is harmless and returns the same id.
+    pub fn commit_result(&self, manifest: &ResultManifest) -> Result<ResultId> {
+        let incomplete = |reason: String| StoreError::IncompleteOutput {
+            key: manifest.key.to_hex(),
+            artifact: manifest.output,
+            reason,
+        };
+        let tree = self
+            .read_tree(&manifest.output)
+            .map_err(|e| incomplete(e.to_string()))?;
+        for e in &tree.entries {
+            let p = self.blob_path(&e.blob);
+            match fs::metadata(&p) {
+                Ok(m) if m.len() == e.size => {}
+                Ok(m) => {
+                    return Err(incomplete(format!(
+                        "blob {} of {:?} has {} bytes, expected {}",
+                        e.blob,
+                        e.path,
+                        m.len(),
+                        e.size
+                    )))
+                }
+                Err(_) => {
+                    return Err(incomplete(format!(
+                        "blob {} of {:?} is missing",
+                        e.blob, e.path
+                    )))
+                }
+            }
+        }
+        for (name, input) in &manifest.inputs {
+            if !self.has_blob(input) {
+                return Err(incomplete(format!(
+                    "input {name:?} names artifact {input}, which is not in the store"
+                )));
+            }
+        }
+        let bytes = manifest.to_canonical_bytes()?;
+        let id = self.put_bytes(&bytes)?;
+        let marker = self.results_dir().join(id.to_hex());
+        fs::File::create(&marker).map_err(StoreError::io("create result marker", &marker))?;
+        sync_dir(&self.results_dir())?;
+        self.with_index(|ix| ix.apply(&id, manifest))?;
+        Ok(id)
+    }
+
+    fn load(&self, id: Option<ResultId>) -> Result<Option<(ResultId, ResultManifest)>> {
+        match id {
+            None => Ok(None),
+            Some(id) => Ok(Some((id, self.read_result(&id)?))),
+        }
+    }
+
+    /// The current result for stage key `key`, if any. A damaged manifest is an error for which
+    /// [`StoreError::is_corruption`] is true (treat as a miss and recompute).
+    pub fn lookup(&self, key: &StageKey) -> Result<Option<(ResultId, ResultManifest)>> {
+        let id = self.with_index(|ix| ix.by_key(key))?;
+        self.load(id)
+    }
+
+    /// The (current) result that produced `artifact`, if any.
+    pub fn producer(&self, artifact: &ArtifactId) -> Result<Option<(ResultId, ResultManifest)>> {
+        let id = self.with_index(|ix| ix.producer(artifact))?;
+        self.load(id)
+    }
+
+    /// The latest result of stage `stage` in pipeline `pipeline`, if any.
+    pub fn latest(
+        &self,
+        pipeline: &str,
+        stage: &str,
+    ) -> Result<Option<(ResultId, ResultManifest)>> {
+        let id = self.with_index(|ix| ix.latest(pipeline, stage))?;
+        self.load(id)
+    }
+
+    /// Every indexed result, oldest first (by `finished_at`, then id).
+    pub fn results(&self) -> Result<Vec<(ResultId, ResultManifest)>> {
+        let ids = self.with_index(|ix| ix.result_ids())?;
+        let mut out = ids
+            .into_iter()
+            .map(|id| Ok((id, self.read_result(&id)?)))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|(a, ma), (b, mb)| ma.recency(a).cmp(&mb.recency(b)));
+        Ok(out)
+    }
+
+    /// The index exactly as stored, without repairing anything; `None` if there is no index
+    /// directory. For diagnostics and tests.
+    pub fn index_snapshot(&self) -> Result<Option<IndexSnapshot>> {
+        let _guard = self.lock_index()?;
+        if !self.index_path().exists() {
+            return Ok(None);
+        }
+        let ix = Index::open(&self.index_path())?;
+        ix.snapshot().map(Some)
+    }
+
+    /// Rebuilds the index from scratch out of the result markers and manifests; returns the
+    /// index before (if readable) and after, and the results that could not be indexed.
+    pub(crate) fn rebuild_index(
+        &self,
+    ) -> Result<(
+        Option<IndexSnapshot>,
+        IndexSnapshot,
+        Vec<(ResultId, StoreError)>,
+    )> {
+        let _guard = self.lock_index()?;
+        let path = self.index_path();
+        let before = if path.exists() {
+            Index::open(&path).and_then(|ix| ix.snapshot()).ok()
+        } else {
+            None
+        };
+        remove_dir_all_force(&path)?;
+        let ix = Index::open(&path)?;
+        let mut bad = Vec::new();
+        for id in self.markers()? {
+            match self.read_result(&id) {
+                Ok(m) => ix.apply(&id, &m)?,
+                Err(e) if e.is_corruption() => bad.push((id, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let after = ix.snapshot()?;
+        ix.flush()?;
+        Ok((before, after, bad))
+    }
+}
