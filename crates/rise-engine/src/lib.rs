@@ -6,6 +6,9 @@
 //! the stages whose keys have no valid committed result ([`exec`]). It knows nothing of RISE or
 //! torch: stage kinds come from other crates through the [`stage::Stage`] trait.
 pub mod child;
+pub mod error;
+pub mod key;
+pub mod pipeline;
 pub mod protocol;
 pub mod registry;
 pub mod shell;
