@@ -1,1 +1,15 @@
-//! rise-stages (being built).
+//! rise-stages: the RISE stage kinds for the rise engine, and the pure-Rust pieces of the method.
+//!
+//! - [`rollout`]: the trajectory data model and its JSON Lines shards;
+//! - [`select`]: best-of-N relabel selection and the degenerate-sample filter (RISE.md §4);
+//! - [`examples`]: reward-weighted training examples (RISE.md §5);
+//! - [`metrics`]: every evaluation metric of RISE.md §6 with Wilson intervals;
+//! - [`report`]: the markdown / PNG / JSON experiment report.
+//!
+//! No torch here: the torch kinds' parameter schemas live in this crate so that `rise plan` can
+//! validate a pipeline without libtorch, while their implementations live in `rise-worker`.
+pub mod examples;
+pub mod metrics;
+pub mod report;
+pub mod rollout;
+pub mod select;
