@@ -143,6 +143,16 @@ impl Store {
         Ok(s.dir.join(format!("{n}.{hint}")))
     }
 
+    /// A fresh, empty directory inside this process's staging area (`tmp/<session>/`), for
+    /// work that is hashed into the store later (the engine's stage output directories). It is
+    /// removed with the staging area when this `Store` is dropped, or at the next
+    /// [`Store::open`] after this process died.
+    pub fn staging_dir(&self, hint: &str) -> Result<PathBuf> {
+        let dir = self.tmp_path(hint)?;
+        fs::create_dir(&dir).map_err(StoreError::io("create staging directory", &dir))?;
+        Ok(dir)
+    }
+
     /// Removes staging directories whose owner is gone (its lock is free or its lock file is
     /// missing). Safe against concurrent openers: a live owner always holds its lock.
     fn clean_stale_tmp(&self) -> Result<()> {
