@@ -1,1 +1,17 @@
-//! rise-model (being built).
+//! `rise-model`: the Llama-family decoder rise trains and samples from, in tch (libtorch).
+//!
+//! - [`config::LlamaConfig`]: Hugging Face `config.json`, read and written.
+//! - [`llama::Llama`]: one readable decoder covering Llama 2/3, Mistral, Qwen2, SmolLM.
+//! - [`checkpoint`]: safetensors checkpoints in HF names (pickles refused).
+//!
+//! Only the `rise-worker` binary links this crate (and so libtorch); the `rise` engine
+//! never does, which keeps it starting in milliseconds.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod llama;
+
+pub use checkpoint::{init_random, load, save, CheckpointError};
+pub use config::{ConfigError, LlamaConfig, RopeScaling};
+pub use llama::{KvCache, Llama, Model};

@@ -1,0 +1,555 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM) in one file.
+//!
+//! Parameters live in a tch `VarStore` under their Hugging Face names
+//! (`model.layers.3.self_attn.q_proj.weight`, …), so checkpoint I/O is a name-for-name copy.
+//! The arithmetic follows transformers' `modeling_llama.py` step for step (RMSNorm in fp32,
+//! rotate-half RoPE with fp32 frequencies, SwiGLU), which is what makes 1e-4 fp32 parity hold.
+//!
+//! Mixed precision is explicit rather than autocast: `set_compute_kind(BFloat16)` keeps fp32
+//! master weights and casts them per use, which is what CUDA autocast would do, but with bf16
+//! (tch's autocast switch only enables the fp16 default) and without global state.
+use std::ops::Deref;
+
+use tch::nn::Init;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::config::{LlamaConfig, RopeScaling};
+
+/// One decoder layer's parameters.
+#[derive(Debug)]
+struct Layer {
+    input_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    q_bias: Option<Tensor>,
+    k_bias: Option<Tensor>,
+    v_bias: Option<Tensor>,
+    o_bias: Option<Tensor>,
+    post_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+    gate_bias: Option<Tensor>,
+    up_bias: Option<Tensor>,
+    down_bias: Option<Tensor>,
+}
+
+/// The decoder. Build it with [`Llama::new`] on a `VarStore` path, or get a [`Model`] from
+/// [`crate::checkpoint::load`] / [`crate::checkpoint::init_random`].
+#[derive(Debug)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// The embedding itself when tied.
+    lm_head: Tensor,
+    /// fp32 inverse RoPE frequencies, `[head_dim / 2]`, already rescaled.
+    inv_freq: Tensor,
+    compute_kind: Kind,
+    device: Device,
+}
+
+/// A preallocated key/value cache: per layer `[batch, kv_heads, capacity, head_dim]`.
+///
+/// All rows share one write offset (`len`): batches are left-padded, and the attention
+/// mask, not the cache layout, says which slots are real.
+#[derive(Debug)]
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    len: i64,
+    capacity: i64,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows of up to `capacity` tokens each.
+    pub fn new(
+        cfg: &LlamaConfig,
+        batch: usize,
+        capacity: usize,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
+        let shape = [
+            batch as i64,
+            cfg.num_key_value_heads as i64,
+            capacity as i64,
+            cfg.head_dim as i64,
+        ];
+        let alloc = || -> Vec<Tensor> {
+            (0..cfg.num_hidden_layers)
+                .map(|_| Tensor::zeros(shape, (kind, device)))
+                .collect()
+        };
+        KvCache {
+            k: alloc(),
+            v: alloc(),
+            len: 0,
+            capacity: capacity as i64,
+        }
+    }
+
+    /// Tokens already cached per row (including left padding).
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when nothing has been cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most tokens a row can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Rows in the cache.
+    pub fn batch_size(&self) -> usize {
+        self.k.first().map_or(0, |t| t.size()[0] as usize)
+    }
+
+    /// A cache holding the given rows (an `Int64` index tensor), in that order: repeats
+    /// expand one prefill into n samples, omissions drop finished rows.
+    pub fn select_rows(&self, rows: &Tensor) -> KvCache {
+        let pick =
+            |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.index_select(0, rows)).collect() };
+        KvCache {
+            k: pick(&self.k),
+            v: pick(&self.v),
+            len: self.len,
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// A model with its parameter store: what checkpoints load and save.
+///
+/// Derefs to [`Llama`], so `model.forward(...)` works directly.
+#[derive(Debug)]
+pub struct Model {
+    /// The parameters, named as in Hugging Face checkpoints.
+    pub vs: nn::VarStore,
+    /// The network reading them.
+    pub llama: Llama,
+}
+
+impl Deref for Model {
+    type Target = Llama;
+    fn deref(&self) -> &Llama {
+        &self.llama
+    }
+}
+
+impl Model {
+    /// A model with zero-initialised parameters of `kind` on `device` (to be filled by a
+    /// checkpoint or [`crate::checkpoint::init_random`]).
+    pub fn zeros(cfg: &LlamaConfig, device: Device, kind: Kind) -> Model {
+        let mut vs = nn::VarStore::new(device);
+        // On an empty store this only sets the dtype new variables get.
+        vs.set_kind(kind);
+        let llama = Llama::declare(&vs.root(), cfg, false);
+        Model { vs, llama }
+    }
+
+    /// A model initialised as transformers initialises a fresh one, reproducibly for a
+    /// seed: values are drawn in fp32 on the CPU generator, so they do not depend on
+    /// `device` or `kind`.
+    pub fn random(cfg: &LlamaConfig, seed: u64, device: Device, kind: Kind) -> Model {
+        let cpu = Model::zeros(cfg, Device::Cpu, Kind::Float);
+        tch::manual_seed(seed as i64);
+        let mut names: Vec<(String, Tensor)> = cpu.vs.variables().into_iter().collect();
+        // HashMap order is random; draw in a fixed order so the seed alone decides.
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| {
+            for (name, t) in names.iter_mut() {
+                if !name.ends_with("norm.weight") && !name.ends_with(".bias") {
+                    let _ = t.normal_(0.0, 0.02);
+                }
+            }
+        });
+        let out = Model::zeros(cfg, device, kind);
+        let dst = out.vs.variables();
+        tch::no_grad(|| {
+            for (name, t) in &names {
+                dst[name].shallow_clone().copy_(t);
+            }
+        });
+        out
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[x2.neg(), x1], -1)
+}
+
+/// Inverse RoPE frequencies exactly as transformers computes them (fp32 throughout).
+pub fn rope_inv_freq(cfg: &LlamaConfig, device: Device) -> Tensor {
+    let dim = cfg.head_dim as i64;
+    let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
+        .to_kind(Kind::Float)
+        / dim as f64;
+    let inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponents).reciprocal();
+    match &cfg.rope_scaling {
+        RopeScaling::Default => inv_freq,
+        RopeScaling::Linear { factor } => inv_freq / *factor,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let old = *original_max_position_embeddings as f64;
+            let low_freq_wavelen = old / low_freq_factor;
+            let high_freq_wavelen = old / high_freq_factor;
+            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+            let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / *factor));
+            let smooth = (wavelen.reciprocal() * old - *low_freq_factor)
+                / (high_freq_factor - low_freq_factor);
+            let smoothed = (smooth.ones_like() - &smooth) * &scaled / *factor + &smooth * &scaled;
+            let medium = wavelen
+                .ge(high_freq_wavelen)
+                .logical_and(&wavelen.le(low_freq_wavelen));
+            smoothed.where_self(&medium, &scaled)
+        }
+    }
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, kind: Kind) -> Tensor {
+    let w = w.to_kind(kind);
+    let b = b.map(|b| b.to_kind(kind));
+    x.linear(&w, b.as_ref())
+}
+
+impl Llama {
+    /// Declares the parameters under `vs` with transformers' initialisation: normal(0, 0.02)
+    /// matrices, unit norm weights, zero biases. The dtype is the `VarStore`'s kind.
+    pub fn new(vs: &nn::Path, cfg: &LlamaConfig) -> Llama {
+        Self::declare(vs, cfg, true)
+    }
+
+    /// Declares the parameters; `random = false` zero-fills them (cheap, for loading).
+    fn declare(vs: &nn::Path, cfg: &LlamaConfig, random: bool) -> Llama {
+        let h = cfg.hidden_size as i64;
+        let i = cfg.intermediate_size as i64;
+        let d = cfg.head_dim as i64;
+        let q_out = cfg.num_attention_heads as i64 * d;
+        let kv_out = cfg.num_key_value_heads as i64 * d;
+        let normal = if random {
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            }
+        } else {
+            Init::Const(0.0)
+        };
+        let mat = |path: &nn::Path, o: i64, i: i64| path.var("weight", &[o, i], normal);
+        let bias = |on: bool, path: &nn::Path, o: i64| {
+            on.then(|| path.var("bias", &[o], Init::Const(0.0)))
+        };
+        let ones = |path: &nn::Path| path.var("weight", &[h], Init::Const(1.0));
+        let model = vs / "model";
+        let embed = mat(&(&model / "embed_tokens"), cfg.vocab_size as i64, h);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                let p = &model / "layers" / l;
+                let attn = &p / "self_attn";
+                let mlp = &p / "mlp";
+                let (qp, kp, vp, op) = (
+                    &attn / "q_proj",
+                    &attn / "k_proj",
+                    &attn / "v_proj",
+                    &attn / "o_proj",
+                );
+                let (gp, upp, dp) = (&mlp / "gate_proj", &mlp / "up_proj", &mlp / "down_proj");
+                Layer {
+                    input_norm: ones(&(&p / "input_layernorm")),
+                    q: mat(&qp, q_out, h),
+                    k: mat(&kp, kv_out, h),
+                    v: mat(&vp, kv_out, h),
+                    o: mat(&op, h, q_out),
+                    q_bias: bias(cfg.qkv_bias, &qp, q_out),
+                    k_bias: bias(cfg.qkv_bias, &kp, kv_out),
+                    v_bias: bias(cfg.qkv_bias, &vp, kv_out),
+                    o_bias: bias(cfg.o_bias, &op, h),
+                    post_norm: ones(&(&p / "post_attention_layernorm")),
+                    gate: mat(&gp, i, h),
+                    up: mat(&upp, i, h),
+                    down: mat(&dp, h, i),
+                    gate_bias: bias(cfg.mlp_bias, &gp, i),
+                    up_bias: bias(cfg.mlp_bias, &upp, i),
+                    down_bias: bias(cfg.mlp_bias, &dp, h),
+                }
+            })
+            .collect();
+        let norm = ones(&(&model / "norm"));
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.shallow_clone()
+        } else {
+            mat(&(vs / "lm_head"), cfg.vocab_size as i64, h)
+        };
+        let device = vs.device();
+        Llama {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq: rope_inv_freq(cfg, device),
+            compute_kind: vs.kind(),
+            device,
+        }
+    }
+
+    /// The configuration this network was built from.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The device holding the parameters.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dtype activations are computed in (the parameter dtype unless changed).
+    pub fn compute_kind(&self) -> Kind {
+        self.compute_kind
+    }
+
+    /// Computes activations in `kind` while keeping the stored parameters as they are:
+    /// fp32 master weights with bf16 compute is the CUDA training recipe.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute_kind = kind;
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Tensor {
+        // As transformers: normalise in fp32, cast back, then scale.
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        let normed = (xf * (var + self.cfg.rms_norm_eps).rsqrt()).to_kind(x.kind());
+        weight.to_kind(self.compute_kind) * normed
+    }
+
+    /// Default positions: from the attention mask (`cumsum - 1`, so left padding does not
+    /// shift a prompt), else consecutive after the cache.
+    fn default_positions(&self, t: i64, past: i64, mask: Option<&Tensor>, batch: i64) -> Tensor {
+        match mask {
+            Some(m) => {
+                let pos = m.to_kind(Kind::Int64).cumsum(-1, Kind::Int64) - 1;
+                let pos = pos.clamp_min(0);
+                pos.narrow(1, pos.size()[1] - t, t)
+            }
+            None => Tensor::arange_start(past, past + t, (Kind::Int64, self.device))
+                .unsqueeze(0)
+                .expand([batch, t], false),
+        }
+    }
+
+    /// The boolean attention mask `[batch, 1, t, past + t]` (true = may attend), or `None`
+    /// when plain causal attention is exact (no padding, no window, no cache offset).
+    fn attention_mask(&self, t: i64, past: i64, mask: Option<&Tensor>) -> Option<Tensor> {
+        let window = self
+            .cfg
+            .sliding_window
+            .map(|w| w as i64)
+            .filter(|&w| w < past + t);
+        if mask.is_none() && window.is_none() && (past == 0 || t == 1) {
+            return None;
+        }
+        let s = past + t;
+        let q_pos = Tensor::arange_start(past, s, (Kind::Int64, self.device)).unsqueeze(1);
+        let k_pos = Tensor::arange(s, (Kind::Int64, self.device)).unsqueeze(0);
+        let mut allowed = k_pos.le_tensor(&q_pos);
+        if let Some(w) = window {
+            allowed = allowed.logical_and(&(&q_pos - &k_pos).lt(w));
+        }
+        let mut allowed = allowed.unsqueeze(0).unsqueeze(0);
+        if let Some(m) = mask {
+            allowed = allowed.logical_and(&m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+            // A padding query would otherwise see no key at all: softmax of all -inf is NaN,
+            // and that NaN would reach real rows through the cached padding values.
+            allowed = allowed.logical_or(&k_pos.eq_tensor(&q_pos).unsqueeze(0).unsqueeze(0));
+        }
+        Some(allowed)
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+    ) -> Tensor {
+        let groups = self.cfg.gqa_groups() as i64;
+        let (k, v) = if groups > 1 {
+            (repeat_kv(k, groups), repeat_kv(v, groups))
+        } else {
+            (k.shallow_clone(), v.shallow_clone())
+        };
+        match mask {
+            // No mask: the dispatcher's fused kernels (flash on CPU and CUDA) are exact here.
+            None => Tensor::scaled_dot_product_attention::<Tensor>(
+                q, &k, &v, None, 0.0, causal, None, false,
+            ),
+            Some(mask) => {
+                if self.device.is_cuda() {
+                    // libtorch's default choice for masked decode on H100 is cuDNN attention,
+                    // which costs ~2.6 ms of CPU per call; the memory-efficient kernel does not.
+                    if let Some(out) = efficient_attention(q, &k, &v, mask) {
+                        return out;
+                    }
+                }
+                // An additive float mask: the math kernel's handling of boolean masks is not
+                // part of its documented contract, an additive bias is.
+                let bias = Tensor::zeros(mask.size(), (q.kind(), q.device()))
+                    .masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+                Tensor::internal_scaled_dot_product_attention_math::<Tensor>(
+                    q,
+                    &k,
+                    &v,
+                    Some(bias),
+                    0.0,
+                    false,
+                    None,
+                    None,
+                    false,
+                )
+                .0
+            }
+        }
+    }
+
+    /// Final-norm hidden states `[batch, t, hidden]` in the compute dtype.
+    ///
+    /// `attention_mask` is `[batch, past + t]` (1 = real token, 0 = padding) and covers the
+    /// cached tokens too; `None` means every token is real. `positions` are `[batch, t]`
+    /// RoPE positions; `None` derives them from the mask. With a cache, the new keys and
+    /// values are written at the cache's offset and the offset advances by `t`.
+    pub fn hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        positions: Option<&Tensor>,
+    ) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids must be [batch, seq]");
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(c) = &cache {
+            assert!(
+                past + t <= c.capacity,
+                "KV cache overflow: {} + {t} > capacity {}",
+                past,
+                c.capacity
+            );
+        }
+        let positions = match positions {
+            Some(p) => p.shallow_clone(),
+            None => self.default_positions(t, past, attention_mask, b),
+        };
+        let kind = self.compute_kind;
+        let freqs =
+            positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0).unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let cos = emb.cos().to_kind(kind).unsqueeze(1);
+        let sin = emb.sin().to_kind(kind).unsqueeze(1);
+        let mask = self.attention_mask(t, past, attention_mask);
+        let causal = past == 0 || t > 1;
+
+        let (nh, nkv, d) = (
+            self.cfg.num_attention_heads as i64,
+            self.cfg.num_key_value_heads as i64,
+            self.cfg.head_dim as i64,
+        );
+        let mut x = Tensor::embedding(&self.embed, input_ids, -1, false, false).to_kind(kind);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = self.rms_norm(&x, &layer.input_norm);
+            let q = linear(&h, &layer.q, layer.q_bias.as_ref(), kind)
+                .view([b, t, nh, d])
+                .transpose(1, 2);
+            let k = linear(&h, &layer.k, layer.k_bias.as_ref(), kind)
+                .view([b, t, nkv, d])
+                .transpose(1, 2);
+            let v = linear(&h, &layer.v, layer.v_bias.as_ref(), kind)
+                .view([b, t, nkv, d])
+                .transpose(1, 2);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let k = &k * &cos + rotate_half(&k) * &sin;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => {
+                    c.k[l].narrow(2, past, t).copy_(&k);
+                    c.v[l].narrow(2, past, t).copy_(&v);
+                    (c.k[l].narrow(2, 0, past + t), c.v[l].narrow(2, 0, past + t))
+                }
+                None => (k, v),
+            };
+            let y = self.attention(&q, &k, &v, mask.as_ref(), causal && mask.is_none());
+            let y = y.transpose(1, 2).reshape([b, t, nh * d]);
+            x = x + linear(&y, &layer.o, layer.o_bias.as_ref(), kind);
+            let h = self.rms_norm(&x, &layer.post_norm);
+            let gate = linear(&h, &layer.gate, layer.gate_bias.as_ref(), kind).silu();
+            let up = linear(&h, &layer.up, layer.up_bias.as_ref(), kind);
+            x = x + linear(&(gate * up), &layer.down, layer.down_bias.as_ref(), kind);
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.rms_norm(&x, &self.norm)
+    }
+
+    /// fp32 logits `[.., vocab]` for hidden states `[.., hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden
+            .linear::<Tensor>(&self.lm_head.to_kind(self.compute_kind), None)
+            .to_kind(Kind::Float)
+    }
+
+    /// fp32 logits `[batch, t, vocab]`; see [`Llama::hidden`] for the arguments.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        positions: Option<&Tensor>,
+    ) -> Tensor {
+        self.logits(&self.hidden(input_ids, attention_mask, cache, positions))
+    }
+}
+
+/// `[b, kv, s, d]` → `[b, kv * groups, s, d]`, each KV head serving `groups` query heads.
+fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
+    let (b, kv, s, d) = x.size4().expect("[b, kv, s, d]");
+    x.unsqueeze(2)
+        .expand([b, kv, groups, s, d], false)
+        .reshape([b, kv * groups, s, d])
+}
+
+/// CUDA memory-efficient attention with an additive bias; `None` if the kernel refuses the
+/// inputs (dtype, alignment), in which case the caller uses the math path.
+fn efficient_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
+    let (b, h, t, _) = q.size4().ok()?;
+    let s = k.size()[2];
+    // The kernel wants the bias's last-dim stride aligned to 16 elements: allocate padded, then view.
+    let padded = (s + 15) / 16 * 16;
+    let mut bias = Tensor::zeros([b, 1, t, padded], (q.kind(), q.device())).narrow(-1, 0, s);
+    let _ = bias.masked_fill_(&mask.logical_not(), f64::NEG_INFINITY);
+    let bias = bias.expand([b, h, t, s], false);
+    Tensor::f_internal_scaled_dot_product_efficient_attention(
+        q,
+        k,
+        v,
+        Some(bias),
+        false,
+        0.0,
+        false,
+        None,
+    )
+    .ok()
+    .map(|r| r.0)
+}
