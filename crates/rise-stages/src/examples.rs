@@ -170,7 +170,14 @@ pub fn build_examples(
     }
     if opts.dedup {
         let mut seen = HashSet::new();
-        out.retain(|e| seen.insert((e.messages.clone(), e.response.clone())));
+        out.retain(|e| {
+            let key: Vec<(&str, &str)> = e
+                .messages
+                .iter()
+                .map(|m| (m.role.as_str(), m.content.as_str()))
+                .collect();
+            seen.insert((format!("{key:?}"), e.response.clone()))
+        });
     }
     if opts.shuffle {
         out.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed));
@@ -181,7 +188,7 @@ pub fn build_examples(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{Attempt, Source, Verdict};
+    use crate::rollout::{Attempt, Role, Source, Verdict};
 
     fn traj(id: &str, rewards: &[f64]) -> Trajectory {
         Trajectory {
@@ -193,7 +200,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &r)| Attempt {
                     turn: i as u32 + 1,
-                    messages: vec![Message::new("user", format!("{id} turn {}", i + 1))],
+                    messages: vec![Message::new(Role::User, format!("{id} turn {}", i + 1))],
                     response: format!("{id} response {}", i + 1),
                     source: if i == 0 {
                         Source::Policy

@@ -9,7 +9,22 @@
 //! No torch here: the torch kinds' parameter schemas live in this crate so that `rise plan` can
 //! validate a pipeline without libtorch, while their implementations live in `rise-worker`.
 pub mod examples;
+pub mod kinds;
 pub mod metrics;
+pub mod params;
 pub mod report;
 pub mod rollout;
 pub mod select;
+
+use kinds::WorkerStage;
+
+/// Registers every RISE kind: the in-process kinds with their implementations, the torch kinds
+/// as schemas (rise-worker replaces them with implementations in its own registry).
+pub fn register_all(registry: &mut rise_engine::Registry) {
+    registry.register(Box::new(kinds::dataset::DatasetStage));
+    registry.register(Box::new(kinds::grade::GradeStage));
+    registry.register(Box::new(kinds::report::ReportStage));
+    for schema in kinds::WORKER_KINDS {
+        registry.register(Box::new(WorkerStage::new(schema)));
+    }
+}

@@ -10,21 +10,23 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// One chat message (`role` is `system`, `user` or `assistant`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
+pub use rise_data::conversation::{Message, Role};
+use rise_data::grade::TaskKind;
+
+/// `rollouts.json`: what a rollouts artifact holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutsMeta {
+    /// Which grading rules apply (from the prompts' dataset).
+    pub task: TaskKind,
+    pub trajectories: usize,
+    /// Whether every attempt carries a verdict and reward.
+    pub graded: bool,
+    /// The context window the conversations were built with.
+    pub window: usize,
 }
 
-impl Message {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
+/// The metadata file of a rollouts artifact.
+pub const META_FILE: &str = "rollouts.json";
 
 /// Where a response came from: the learner's own on-policy sample, a best-of-N relabel drawn from
 /// the learner (self-distillation), or a teacher model (distillation).
@@ -246,7 +248,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, v)| Attempt {
                     turn: i as u32 + 1,
-                    messages: vec![Message::new("user", "q")],
+                    messages: vec![Message::new(Role::User, "q")],
                     response: format!("r{i}"),
                     source: Source::Policy,
                     candidates: 1,

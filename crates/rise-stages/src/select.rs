@@ -1,28 +1,12 @@
 //! Relabel selection (RISE.md §4): best-of-N by reward, and the degenerate-sample filter.
-use std::collections::HashMap;
+/// The release's degenerate-sample filter (rise-data's): any word repeated more than 150 times,
+/// or any whitespace-separated "word" longer than 300 characters.
+pub use rise_data::conversation::is_degenerate;
 
-/// The release's degenerate-sample rule: any word repeated more than this many times…
-pub const MAX_WORD_REPEATS: usize = 150;
-/// …or any whitespace-separated "word" longer than this many characters.
-pub const MAX_WORD_CHARS: usize = 300;
-
-/// True when a response looks degenerate (a repetition loop or a run-on token), following the
-/// release's filter: some word occurs more than [`MAX_WORD_REPEATS`] times, or some word is longer
-/// than [`MAX_WORD_CHARS`] characters. Such samples are never kept as relabels.
-pub fn is_degenerate(response: &str) -> bool {
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for word in response.split_whitespace() {
-        if word.chars().count() > MAX_WORD_CHARS {
-            return true;
-        }
-        let c = counts.entry(word).or_insert(0);
-        *c += 1;
-        if *c > MAX_WORD_REPEATS {
-            return true;
-        }
-    }
-    false
-}
+#[cfg(test)]
+const MAX_WORD_REPEATS: usize = 150;
+#[cfg(test)]
+const MAX_WORD_CHARS: usize = 300;
 
 /// Picks the best candidate by reward: the highest reward wins, ties go to the earliest candidate,
 /// and degenerate responses are skipped. Returns `None` when there is no non-degenerate candidate.

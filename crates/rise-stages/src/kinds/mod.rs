@@ -1,0 +1,609 @@
+//! The RISE stage kinds: their inputs, param schemas and versions.
+//!
+//! Pure-Rust kinds ([`dataset`], [`grade`], [`report`]) run in the engine process. The torch
+//! kinds (`tokenizer`, `model`, `sft`, `sample`, `relabel`, `train`, `evaluate`, `export`) are
+//! described here by a [`KindSchema`], so `rise plan` validates their params without libtorch;
+//! `rise-worker` links their implementations and runs them through [`WorkerStage::with_run`].
+use rise_engine::{Execution, InputSpec, ParamError, Stage, StageContext, StageError};
+use serde_json::Value;
+
+use crate::params::{self, float, int, pos_float, Field, Ty};
+
+pub mod dataset;
+pub mod grade;
+pub mod report;
+
+/// Cross-field param checks of a kind, after the schema check.
+pub type Validator = fn(&Value) -> Result<(), ParamError>;
+/// A torch kind's implementation (linked by rise-worker).
+pub type RunFn = fn(&StageContext) -> Result<(), StageError>;
+
+/// Everything the engine needs to know about a kind, without its implementation.
+#[derive(Debug)]
+pub struct KindSchema {
+    pub kind: &'static str,
+    /// Enters every cache key: bump it when the kind's outputs change for the same inputs.
+    pub version: u32,
+    pub execution: Execution,
+    pub required_inputs: &'static [&'static str],
+    pub optional_inputs: &'static [&'static str],
+    pub fields: &'static [Field],
+    /// Files every successful run leaves in the output directory.
+    pub outputs: &'static [&'static str],
+    /// One paragraph for documentation.
+    pub about: &'static str,
+    /// Extra cross-field validation after the schema check.
+    pub validate: Option<Validator>,
+}
+
+impl KindSchema {
+    /// Resolves `params` against the schema (defaults filled in) and runs the extra checks.
+    pub fn resolve(&self, params: &Value) -> Result<Value, ParamError> {
+        let resolved = params::resolve(self.fields, params)?;
+        if let Some(v) = self.validate {
+            v(&resolved)?;
+        }
+        Ok(resolved)
+    }
+
+    /// The `File` params present in `resolved`.
+    pub fn file_params(&self, resolved: &Value) -> Vec<String> {
+        self.fields
+            .iter()
+            .filter(|f| matches!(f.ty, Ty::File))
+            .filter(|f| resolved.get(f.name).is_some_and(|v| !v.is_null()))
+            .map(|f| f.name.to_string())
+            .collect()
+    }
+
+    /// Markdown documentation: what the kind does, its inputs and params.
+    pub fn document(&self) -> String {
+        let mut s = format!("### `{}`\n\n{}\n\n", self.kind, self.about);
+        let names = |xs: &[&str]| {
+            xs.iter()
+                .map(|x| format!("`{x}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.required_inputs.is_empty() {
+            s.push_str(&format!("Inputs: {}", names(self.required_inputs)));
+            if !self.optional_inputs.is_empty() {
+                s.push_str(&format!("; optional {}", names(self.optional_inputs)));
+            }
+            s.push_str(".\n\n");
+        } else if !self.optional_inputs.is_empty() {
+            s.push_str(&format!(
+                "Optional inputs: {}.\n\n",
+                names(self.optional_inputs)
+            ));
+        }
+        s.push_str(&params::document(self.fields));
+        s
+    }
+}
+
+/// A kind whose `run` is supplied by whoever links its implementation (rise-worker), or that
+/// refuses to run in-process otherwise.
+pub struct WorkerStage {
+    schema: &'static KindSchema,
+    run: Option<RunFn>,
+}
+
+impl WorkerStage {
+    /// The schema-only kind the `rise` binary registers.
+    pub fn new(schema: &'static KindSchema) -> Self {
+        WorkerStage { schema, run: None }
+    }
+
+    /// The same kind with its implementation (rise-worker).
+    pub fn with_run(
+        schema: &'static KindSchema,
+        run: fn(&StageContext) -> Result<(), StageError>,
+    ) -> Self {
+        WorkerStage {
+            schema,
+            run: Some(run),
+        }
+    }
+
+    pub fn schema(&self) -> &'static KindSchema {
+        self.schema
+    }
+}
+
+impl Stage for WorkerStage {
+    fn kind(&self) -> &'static str {
+        self.schema.kind
+    }
+    fn version(&self) -> u32 {
+        self.schema.version
+    }
+    fn execution(&self) -> Execution {
+        self.schema.execution
+    }
+    fn inputs(&self) -> InputSpec {
+        InputSpec::named(self.schema.required_inputs, self.schema.optional_inputs)
+    }
+    fn resolve_params(&self, params: &Value) -> Result<Value, ParamError> {
+        self.schema.resolve(params)
+    }
+    fn declared_outputs(&self, _resolved: &Value) -> Vec<String> {
+        self.schema.outputs.iter().map(|s| s.to_string()).collect()
+    }
+    fn file_params(&self, resolved: &Value) -> Vec<String> {
+        self.schema.file_params(resolved)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        match self.run {
+            Some(run) => run(ctx),
+            None => Err(StageError::msg(format!(
+                "stage {}: kind `{}` runs in rise-worker (it needs libtorch); the engine spawns \
+                 `rise-worker stage SPEC` for it",
+                ctx.stage, self.schema.kind
+            ))),
+        }
+    }
+}
+
+const WORKER: Execution = Execution::Worker { gpu: false };
+const WORKER_GPU: Execution = Execution::Worker { gpu: true };
+
+// Shared param blocks. Defaults follow the RISE release where it has one (temperature 1.0,
+// top_p 1.0, window 2, N = 16, tau 0.4) and the tiny CPU models elsewhere.
+macro_rules! sampling_fields {
+    () => {
+        [
+            Field::new(
+                "temperature",
+                float(0.0, 10.0),
+                "1.0",
+                "sampling temperature (0 = greedy)",
+            ),
+            Field::new("top_p", pos_float(1.0), "1.0", "nucleus sampling mass"),
+            Field::new(
+                "max_new_tokens",
+                int(1, 32768),
+                "256",
+                "longest response, in tokens",
+            ),
+            Field::new(
+                "window",
+                int(0, 64),
+                "2",
+                "context window k: keep the most recent k-1 attempts (0 = all); training and \
+                 evaluation must agree",
+            ),
+            Field::new(
+                "batch_size",
+                int(1, 4096),
+                "32",
+                "prompts per sampler batch",
+            ),
+        ]
+    };
+}
+
+macro_rules! training_fields {
+    ($lr:literal, $epochs:literal) => {
+        [
+            Field::new(
+                "lr",
+                pos_float(1.0),
+                $lr,
+                "peak learning rate (AdamW, cosine schedule)",
+            ),
+            Field::new(
+                "epochs",
+                pos_float(1000.0),
+                $epochs,
+                "passes over the examples",
+            ),
+            Field::new("batch_size", int(1, 4096), "16", "examples per micro-batch"),
+            Field::new(
+                "grad_accum",
+                int(1, 1024),
+                "1",
+                "micro-batches per optimizer step",
+            ),
+            Field::new(
+                "max_len",
+                int(8, 131072),
+                "512",
+                "longest example in tokens (longer ones are dropped, and counted)",
+            ),
+            Field::new(
+                "warmup",
+                float(0.0, 1.0),
+                "0.04",
+                "warm-up fraction of the steps",
+            ),
+            Field::new(
+                "weight_decay",
+                float(0.0, 10.0),
+                "0.0",
+                "AdamW weight decay",
+            ),
+            Field::new(
+                "grad_clip",
+                float(0.0, 1e6),
+                "1.0",
+                "gradient-norm clip (0 = none)",
+            ),
+            Field::new(
+                "checkpoint_every",
+                int(1, 1_000_000),
+                "50",
+                "optimizer steps between resumable checkpoints",
+            ),
+        ]
+    };
+}
+
+const REWARDS_DOC: &str = "rewards per outcome: { correct = 1.0, wrong = 0.0, unparseable = -1.0 }";
+
+/// Checks a `rewards` table against rise-data's [`rise_data::grade::Rewards`].
+pub fn check_rewards(v: &Value) -> Result<Value, String> {
+    let r: rise_data::grade::Rewards =
+        serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    if ![r.correct, r.wrong, r.unparseable]
+        .iter()
+        .all(|x| x.is_finite())
+    {
+        return Err("rewards must be finite numbers".into());
+    }
+    serde_json::to_value(r).map_err(|e| e.to_string())
+}
+
+pub static TOKENIZER: KindSchema = KindSchema {
+    kind: "tokenizer",
+    version: 1,
+    execution: WORKER,
+    required_inputs: &[],
+    optional_inputs: &["data", "model"],
+    fields: &[
+        Field::new(
+            "vocab_size",
+            int(64, 1_000_000),
+            "512",
+            "BPE vocabulary size (training only)",
+        ),
+        Field::new(
+            "min_frequency",
+            int(1, 1_000_000),
+            "2",
+            "least frequency of a merged pair",
+        ),
+    ],
+    outputs: &["tokenizer.json"],
+    about:
+        "Trains a byte-level BPE tokenizer on a dataset's questions and solutions plus the RISE \
+            feedback text (input `data`), registering the plain chat template's role markers as \
+            single tokens; or, with input `model`, takes that model's tokenizer unchanged.",
+    validate: None,
+};
+
+pub static MODEL: KindSchema = KindSchema {
+    kind: "model",
+    version: 1,
+    execution: WORKER,
+    required_inputs: &[],
+    optional_inputs: &["tokenizer"],
+    fields: &[
+        Field::optional("config", Ty::File, "model size config (configs/*.toml): a fresh, seeded Llama-architecture model"),
+        Field::optional("hf_dir", Ty::Str, "a local Hugging Face checkpoint directory to import (config.json, model.safetensors, tokenizer.json)"),
+        Field::optional("system", Ty::Text, "system instruction for every conversation with this model (default: rise-data's step-by-step instruction; \"\" for none)"),
+    ],
+    outputs: &["config.json", "model.safetensors", "tokenizer.json", "rise.json"],
+    about: "A model as a Hugging Face directory: either initialised from a size config with the \
+            `tokenizer` input's vocabulary, or imported from `hf_dir` (safetensors only; the \
+            chat template comes from its tokenizer_config.json). `rise.json` records the \
+            conversation format (template, system instruction) that every later stage uses.",
+    validate: Some(|v| {
+        match (v["config"].is_null(), v["hf_dir"].is_null()) {
+            (true, true) => Err(ParamError::new("params.config", "give `config` (a fresh model) or `hf_dir` (an imported checkpoint)")),
+            (false, false) => Err(ParamError::new("params.hf_dir", "give either `config` or `hf_dir`, not both")),
+            _ => Ok(()),
+        }
+    }),
+};
+
+pub static SFT: KindSchema = KindSchema {
+    kind: "sft",
+    version: 1,
+    execution: WORKER_GPU,
+    required_inputs: &["model", "data"],
+    optional_inputs: &[],
+    fields: &training_fields!("0.001", "3.0"),
+    outputs: &[
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "rise.json",
+    ],
+    about: "Plain supervised fine-tuning on a dataset's reference solutions as first-turn \
+            answers: trains the from-scratch base model, or the paper's \"boost\" of a weak \
+            model. Resumes from its last checkpoint after a kill.",
+    validate: None,
+};
+
+pub static SAMPLE: KindSchema = KindSchema {
+    kind: "sample",
+    version: 1,
+    execution: WORKER_GPU,
+    required_inputs: &["policy", "prompts"],
+    optional_inputs: &[],
+    fields: &{
+        let s = sampling_fields!();
+        [
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            s[4],
+            Field::new(
+                "turns",
+                int(1, 16),
+                "1",
+                "on-policy turns per prompt (an episode ends at the first correct answer)",
+            ),
+            Field::new(
+                "shard_size",
+                int(1, 1_000_000),
+                "256",
+                "prompts per committed shard (the resume unit)",
+            ),
+            Field::optional("limit", int(1, i64::MAX), "use only the first N prompts"),
+            Field::new("rewards", Ty::Table(check_rewards), "{}", REWARDS_DOC),
+        ]
+    },
+    outputs: &["rollouts.json"],
+    about: "On-policy rollouts from the learner (RISE.md §4 step 1): one response per prompt at \
+            temperature 1.0, continued with the \"incorrect\" feedback for up to `turns` turns \
+            while wrong. Shards are committed to scratch as they finish; a re-run after a kill \
+            resumes at the first unfinished shard.",
+    validate: None,
+};
+
+pub static RELABEL: KindSchema = KindSchema {
+    kind: "relabel",
+    version: 1,
+    execution: WORKER_GPU,
+    required_inputs: &["graded"],
+    optional_inputs: &["policy", "teacher"],
+    fields: &{
+        let s = sampling_fields!();
+        [
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            s[4],
+            Field::new(
+                "n",
+                int(1, 1024),
+                "16",
+                "candidates drawn at each wrong state (best-of-N)",
+            ),
+            Field::new(
+                "turns",
+                int(1, 16),
+                "2",
+                "train_turns: extend each wrong trajectory up to this many turns",
+            ),
+            Field::new(
+                "shard_size",
+                int(1, 1_000_000),
+                "64",
+                "trajectories per committed shard (the resume unit)",
+            ),
+            Field::new("rewards", Ty::Table(check_rewards), "{}", REWARDS_DOC),
+        ]
+    },
+    outputs: &["rollouts.json"],
+    about: "Best-of-N relabelling (RISE.md §4 step 3): for every graded trajectory whose last \
+            turn is wrong, draws `n` candidates at the next state from the learner (`policy`, \
+            self-distillation) or a `teacher` model (distillation), keeps the highest-reward \
+            non-degenerate one (ties: the first) and continues to `turns` turns. Resumes by \
+            shards.",
+    validate: None,
+};
+
+pub static TRAIN: KindSchema = KindSchema {
+    kind: "train",
+    version: 1,
+    execution: WORKER_GPU,
+    required_inputs: &["data", "model"],
+    optional_inputs: &["base"],
+    fields: &{
+        let t = training_fields!("0.0001", "2.0");
+        [
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[4],
+            t[5],
+            t[6],
+            t[7],
+            t[8],
+            Field::new(
+                "criterion",
+                Ty::Choice(&crate::examples::Criterion::NAMES),
+                "\"all\"",
+                "which turns train: all | better | best | success",
+            ),
+            Field::new(
+                "tau",
+                pos_float(1e6),
+                "0.4",
+                "reward-weight temperature: w = exp(r / tau)",
+            ),
+            Field::new(
+                "dedup",
+                Ty::Bool,
+                "true",
+                "drop repeated (conversation, response) examples",
+            ),
+            Field::new(
+                "shuffle",
+                Ty::Bool,
+                "true",
+                "shuffle the examples with the stage seed",
+            ),
+            Field::new(
+                "restart_from_base",
+                Ty::Bool,
+                "false",
+                "start from input `base` instead of `model` (ReST-EM style)",
+            ),
+        ]
+    },
+    outputs: &[
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "rise.json",
+        "examples.json",
+    ],
+    about: "Reward-weighted regression on relabelled trajectories (RISE.md §5): one example per \
+            turn up to the first correct one, only the final assistant message trained, loss \
+            weighted by exp(r / tau). Starts from `model` (or `base` with restart_from_base); \
+            checkpoints to scratch and resumes after a kill; a non-finite loss fails the stage.",
+    validate: None,
+};
+
+pub static EVALUATE: KindSchema = KindSchema {
+    kind: "evaluate",
+    version: 1,
+    execution: WORKER_GPU,
+    required_inputs: &["model", "data"],
+    optional_inputs: &[],
+    fields: &{
+        let s = sampling_fields!();
+        [
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            s[4],
+            Field::new(
+                "turns",
+                int(1, 64),
+                "5",
+                "sequential turns with feedback always \"incorrect\"",
+            ),
+            Field::new(
+                "parallel",
+                int(1, 64),
+                "5",
+                "parallel first-turn samples for the majority baseline",
+            ),
+            Field::optional(
+                "limit",
+                int(1, i64::MAX),
+                "evaluate only the first N problems",
+            ),
+        ]
+    },
+    outputs: &["metrics.json", "samples.jsonl"],
+    about: "Every metric of RISE.md §6 for one model on a held-out set: m1@t1, m5@t1 \
+            (self-consistency at equal compute), m1@t5 (majority over 5 sequential turns without \
+            an oracle), p1@t5 (oracle), accuracy per turn and flip rates, with 95% Wilson \
+            intervals.",
+    validate: None,
+};
+
+pub static EXPORT: KindSchema = KindSchema {
+    kind: "export",
+    version: 1,
+    execution: WORKER,
+    required_inputs: &["model"],
+    optional_inputs: &[],
+    fields: &[],
+    outputs: &["config.json", "model.safetensors", "tokenizer.json"],
+    about: "A model as a Hugging Face directory (config.json, model.safetensors, tokenizer.json, \
+            tokenizer_config.json) that transformers and vLLM load, checked by loading it back.",
+    validate: None,
+};
+
+/// Every torch kind's schema.
+pub static WORKER_KINDS: [&KindSchema; 8] = [
+    &TOKENIZER, &MODEL, &SFT, &SAMPLE, &RELABEL, &TRAIN, &EVALUATE, &EXPORT,
+];
+
+/// A torch kind's schema by name.
+pub fn worker_schema(kind: &str) -> Option<&'static KindSchema> {
+    WORKER_KINDS.iter().copied().find(|s| s.kind == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_default_is_valid() {
+        for s in WORKER_KINDS {
+            let minimal = match s.kind {
+                "model" => json!({"config": "configs/tiny.toml"}),
+                _ => json!({}),
+            };
+            let r = s
+                .resolve(&minimal)
+                .unwrap_or_else(|e| panic!("{}: {e}", s.kind));
+            assert_eq!(r.as_object().unwrap().len(), s.fields.len(), "{}", s.kind);
+            assert!(s.document().contains(s.kind));
+        }
+    }
+
+    #[test]
+    fn model_needs_exactly_one_source() {
+        assert_eq!(
+            MODEL.resolve(&json!({})).unwrap_err().field,
+            "params.config"
+        );
+        let both = json!({"config": "a.toml", "hf_dir": "b"});
+        assert_eq!(MODEL.resolve(&both).unwrap_err().field, "params.hf_dir");
+        assert_eq!(
+            MODEL.file_params(&MODEL.resolve(&json!({"config": "a"})).unwrap()),
+            ["config"]
+        );
+    }
+
+    #[test]
+    fn rewards_tables_are_checked() {
+        let r = SAMPLE
+            .resolve(&json!({"rewards": {"wrong": -0.5}}))
+            .unwrap();
+        assert_eq!(
+            r["rewards"],
+            json!({"correct": 1.0, "wrong": -0.5, "unparseable": -1.0})
+        );
+        let e = SAMPLE
+            .resolve(&json!({"rewards": {"rigth": 1}}))
+            .unwrap_err();
+        assert_eq!(e.field, "params.rewards");
+    }
+
+    #[test]
+    fn schema_only_kinds_refuse_to_run_in_process() {
+        let stage = WorkerStage::new(&TRAIN);
+        assert_eq!(stage.execution(), Execution::Worker { gpu: true });
+        let ctx = StageContext {
+            pipeline: "p".into(),
+            stage: "iter1/train".into(),
+            kind: "train".into(),
+            params: json!({}),
+            inputs: Default::default(),
+            out_dir: "/nonexistent".into(),
+            scratch_dir: "/nonexistent".into(),
+            seed: 0,
+            device: "cpu".into(),
+            threads: 1,
+            progress: rise_engine::Progress::discard(),
+            cancel: Default::default(),
+        };
+        let e = stage.run(&ctx).unwrap_err().to_string();
+        assert!(e.contains("rise-worker"), "{e}");
+    }
+}

@@ -1,0 +1,307 @@
+//! Declarative parameter schemas for the stage kinds: types, ranges, defaults and docs.
+//!
+//! Every kind describes its params as a list of [`Field`]s; [`resolve`] checks a pipeline's
+//! `params` table against it (unknown names, wrong types, out-of-range values) and returns the
+//! resolved object with every default filled in, so that the cache key sees the full
+//! configuration and `rise plan` can show it.
+use serde_json::{Map, Value};
+
+use rise_engine::ParamError;
+
+/// A param's type and accepted range.
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    /// An integer in `min..=max`.
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// A finite float in `[min, max]`, or `(min, max]` when `open_min`.
+    Float {
+        min: f64,
+        max: f64,
+        open_min: bool,
+    },
+    Bool,
+    /// Any non-empty string.
+    Str,
+    /// Any string, empty included.
+    Text,
+    /// One of these strings.
+    Choice(&'static [&'static str]),
+    /// A file path (relative to the pipeline file); its content enters the cache key.
+    File,
+    /// A table, checked by the function (which returns the table with its defaults filled in).
+    Table(fn(&Value) -> Result<Value, String>),
+    /// A list of strings.
+    StrList,
+}
+
+/// One param of a stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub ty: Ty,
+    /// JSON text of the default; `None` makes the field required, `Some("null")` optional.
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+impl Field {
+    pub const fn new(name: &'static str, ty: Ty, default: &'static str, doc: &'static str) -> Self {
+        Field {
+            name,
+            ty,
+            default: Some(default),
+            doc,
+        }
+    }
+    pub const fn required(name: &'static str, ty: Ty, doc: &'static str) -> Self {
+        Field {
+            name,
+            ty,
+            default: None,
+            doc,
+        }
+    }
+    pub const fn optional(name: &'static str, ty: Ty, doc: &'static str) -> Self {
+        Field {
+            name,
+            ty,
+            default: Some("null"),
+            doc,
+        }
+    }
+}
+
+pub const fn int(min: i64, max: i64) -> Ty {
+    Ty::Int { min, max }
+}
+pub const fn float(min: f64, max: f64) -> Ty {
+    Ty::Float {
+        min,
+        max,
+        open_min: false,
+    }
+}
+pub const fn pos_float(max: f64) -> Ty {
+    Ty::Float {
+        min: 0.0,
+        max,
+        open_min: true,
+    }
+}
+
+fn describe(ty: &Ty) -> String {
+    match ty {
+        Ty::Int { min, max } => format!("an integer in {min}..={max}"),
+        Ty::Float {
+            min,
+            max,
+            open_min: false,
+        } => format!("a number in [{min}, {max}]"),
+        Ty::Float {
+            min,
+            max,
+            open_min: true,
+        } => format!("a number in ({min}, {max}]"),
+        Ty::Bool => "true or false".into(),
+        Ty::Str => "a non-empty string".into(),
+        Ty::Text => "a string".into(),
+        Ty::Choice(c) => format!(
+            "one of {}",
+            c.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Ty::File => "a file path (string)".into(),
+        Ty::Table(_) => "a table".into(),
+        Ty::StrList => "a list of strings".into(),
+    }
+}
+
+fn check(field: &Field, v: &Value) -> Result<Value, String> {
+    let want = || format!("expected {}, got {}", describe(&field.ty), short(v));
+    match field.ty {
+        Ty::Int { min, max } => {
+            let i = v.as_i64().ok_or_else(want)?;
+            if i < min || i > max {
+                return Err(want());
+            }
+            Ok(Value::from(i))
+        }
+        Ty::Float { min, max, open_min } => {
+            // TOML writes `lr = 1` as an integer; accept it as the float it means.
+            let f = v.as_f64().ok_or_else(want)?;
+            let low_ok = if open_min { f > min } else { f >= min };
+            if !f.is_finite() || !low_ok || f > max {
+                return Err(want());
+            }
+            Ok(Value::from(f))
+        }
+        Ty::Bool => v.as_bool().map(Value::from).ok_or_else(want),
+        Ty::Text => v.as_str().map(|_| v.clone()).ok_or_else(want),
+        Ty::Str | Ty::File => match v.as_str() {
+            Some(s) if !s.is_empty() => Ok(v.clone()),
+            _ => Err(want()),
+        },
+        Ty::Choice(choices) => match v.as_str() {
+            Some(s) if choices.contains(&s) => Ok(v.clone()),
+            _ => Err(want()),
+        },
+        Ty::Table(f) => {
+            if !v.is_object() {
+                return Err(want());
+            }
+            f(v)
+        }
+        Ty::StrList => match v.as_array() {
+            Some(a) if a.iter().all(Value::is_string) => Ok(v.clone()),
+            _ => Err(want()),
+        },
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Checks `params` against `fields` and returns them with defaults filled in. Field paths in
+/// errors are `params.NAME`.
+pub fn resolve(fields: &[Field], params: &Value) -> Result<Value, ParamError> {
+    let empty = Map::new();
+    let given = match params {
+        Value::Object(m) => m,
+        Value::Null => &empty,
+        other => {
+            return Err(ParamError::new(
+                "params",
+                format!("expected a table, got {}", short(other)),
+            ))
+        }
+    };
+    for name in given.keys() {
+        if !fields.iter().any(|f| f.name == name) {
+            let known: Vec<&str> = fields.iter().map(|f| f.name).collect();
+            let msg = if known.is_empty() {
+                "this kind takes no params".to_string()
+            } else {
+                format!("unknown param; this kind takes: {}", known.join(", "))
+            };
+            return Err(ParamError::new(format!("params.{name}"), msg));
+        }
+    }
+    let mut out = Map::new();
+    for f in fields {
+        let path = format!("params.{}", f.name);
+        let value = match (given.get(f.name), f.default) {
+            (Some(v), _) => check(f, v).map_err(|m| ParamError::new(&path, m))?,
+            (None, None) => {
+                return Err(ParamError::new(
+                    &path,
+                    format!("required: {} ({})", f.doc, describe(&f.ty)),
+                ))
+            }
+            (None, Some(text)) => {
+                // Defaults are written by us; a bad one is a bug caught by the schema tests.
+                let v: Value = serde_json::from_str(text).map_err(|e| {
+                    ParamError::new(&path, format!("internal: bad default {text:?}: {e}"))
+                })?;
+                if v.is_null() {
+                    v
+                } else {
+                    check(f, &v)
+                        .map_err(|m| ParamError::new(&path, format!("internal: default {m}")))?
+                }
+            }
+        };
+        out.insert(f.name.to_string(), value);
+    }
+    Ok(Value::Object(out))
+}
+
+/// Reads a typed value from resolved params (for `run`); the engine resolved them, so a failure
+/// here means the params did not come through `resolve`.
+pub fn get<T: serde::de::DeserializeOwned>(
+    params: &Value,
+    name: &str,
+) -> Result<T, rise_engine::StageError> {
+    let v = params.get(name).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(v).map_err(|e| {
+        rise_engine::StageError::msg(format!(
+            "params.{name}: {e} (params were not resolved by this kind)"
+        ))
+    })
+}
+
+/// Markdown documentation of a schema, for `--help`-style listings and the README.
+pub fn document(fields: &[Field]) -> String {
+    let mut s = String::new();
+    for f in fields {
+        let default = match f.default {
+            None => "required".to_string(),
+            Some("null") => "optional".to_string(),
+            Some(d) => format!("default {d}"),
+        };
+        s.push_str(&format!(
+            "- `{}` ({}; {}): {}\n",
+            f.name,
+            describe(&f.ty),
+            default,
+            f.doc
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const FIELDS: &[Field] = &[
+        Field::new("lr", pos_float(1.0), "0.001", "learning rate"),
+        Field::new("steps", int(1, 1000), "10", "optimizer steps"),
+        Field::new("mode", Ty::Choice(&["a", "b"]), "\"a\"", "mode"),
+        Field::required("path", Ty::File, "input file"),
+        Field::optional("note", Ty::Str, "a note"),
+    ];
+
+    #[test]
+    fn defaults_are_filled_and_ints_become_floats() {
+        let r = resolve(FIELDS, &json!({"path": "x.jsonl", "lr": 1})).unwrap();
+        assert_eq!(
+            r,
+            json!({"lr": 1.0, "steps": 10, "mode": "a", "path": "x.jsonl", "note": null})
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = resolve(FIELDS, &json!({"path": "p", "lr": "fast"})).unwrap_err();
+        assert_eq!(e.field, "params.lr");
+        assert!(e.message.contains("expected a number in (0, 1]"), "{e}");
+        let e = resolve(FIELDS, &json!({"path": "p", "stpes": 3})).unwrap_err();
+        assert_eq!(e.field, "params.stpes");
+        assert!(e.message.contains("steps"), "{e}");
+        let e = resolve(FIELDS, &json!({})).unwrap_err();
+        assert_eq!(e.field, "params.path");
+        let e = resolve(FIELDS, &json!({"path": "p", "steps": 0})).unwrap_err();
+        assert_eq!(e.field, "params.steps");
+        let e = resolve(FIELDS, &json!({"path": "p", "mode": "c"})).unwrap_err();
+        assert!(e.message.contains("\"a\", \"b\""), "{e}");
+    }
+
+    #[test]
+    fn documentation_lists_every_field() {
+        let d = document(FIELDS);
+        assert_eq!(d.lines().count(), FIELDS.len());
+        assert!(d.contains("`path` (a file path (string); required)"));
+    }
+}
