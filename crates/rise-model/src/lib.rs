@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod llama;
+pub mod tokenizer;
 
 pub use checkpoint::{init_random, load, save, CheckpointError};
 pub use config::{ConfigError, LlamaConfig, RopeScaling};

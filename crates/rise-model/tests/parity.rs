@@ -103,3 +103,32 @@ fn greedy_decoding_matches_transformers_token_for_token() {
         }
     }
 }
+
+#[test]
+fn tokenizer_and_chat_template_match_transformers() {
+    use rise_data::conversation::{ChatTemplate, Message, Role, TokenizeText};
+    let dir = fixture("llama");
+    let refs = reference(&dir);
+    let tok = rise_model::tokenizer::Tokenizer::from_dir(&dir).unwrap();
+    for (i, text) in refs["texts"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<u32> = ids(&refs["ids"][i]).into_iter().map(|x| x as u32).collect();
+        let got = tok.encode_with(text.as_str().unwrap(), true).unwrap();
+        assert_eq!(got, want, "ids of {text}");
+        assert_eq!(tok.decode(&got), refs["decoded"][i].as_str().unwrap());
+    }
+    let chat: Vec<Message> = refs["chat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "system" => Role::System,
+                "user" => Role::User,
+                _ => Role::Assistant,
+            };
+            Message::new(role, m["content"].as_str().unwrap())
+        })
+        .collect();
+    let rendered = tok.chat_template().unwrap().render(&chat, true).unwrap();
+    assert_eq!(rendered, refs["chat_rendered"].as_str().unwrap());
+}
