@@ -80,6 +80,11 @@ impl Store {
                 path,
                 detail: format!("{detail} (tree entry {:?})", e.path),
             }),
+            Err(StoreError::MissingBlob { id, path, .. }) => Err(StoreError::MissingBlob {
+                id,
+                path,
+                context: format!(" (tree entry {:?})", e.path),
+            }),
             Err(err) => Err(err),
         }
     }
@@ -167,6 +172,7 @@ impl Store {
                 return Err(StoreError::MissingBlob {
                     id: e.blob,
                     path: src,
+                    context: format!(" (tree entry {:?})", e.path),
                 });
             }
             Err(err) => return Err(StoreError::io("copy blob to", &dest)(err)),

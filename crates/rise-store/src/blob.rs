@@ -123,9 +123,11 @@ impl Store {
         let path = self.object_path(id);
         match File::open(&path) {
             Ok(f) => Ok((f, path)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StoreError::MissingBlob { id: *id, path })
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::MissingBlob {
+                id: *id,
+                path,
+                context: String::new(),
+            }),
             Err(e) => Err(StoreError::io("open blob", &path)(e)),
         }
     }
@@ -171,9 +173,11 @@ impl Store {
                 path,
                 detail: format!("{size} bytes that hash to {actual}"),
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StoreError::MissingBlob { id: *id, path })
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::MissingBlob {
+                id: *id,
+                path,
+                context: String::new(),
+            }),
             Err(e) => Err(StoreError::io("read blob", &path)(e)),
         }
     }

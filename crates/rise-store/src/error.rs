@@ -36,12 +36,14 @@ pub enum StoreError {
     },
 
     /// A blob that something refers to is not in the store.
-    #[error("blob {id} is missing (expected at {})", path.display())]
+    #[error("blob {id} is missing (expected at {}){context}", path.display())]
     MissingBlob {
         /// The missing blob.
         id: BlobId,
         /// Where it should be.
         path: PathBuf,
+        /// Who needs it, e.g. ` (tree entry "model/w.bin")`; may be empty.
+        context: String,
     },
 
     /// A tree entry's path is not a safe relative path.

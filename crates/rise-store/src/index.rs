@@ -473,19 +473,23 @@ impl Store {
 
     /// Rebuilds the index from scratch out of the result markers and manifests; returns the
     /// index before (if readable) and after, and the results that could not be indexed.
+    /// The index before is `Err("missing")` or `Err("unreadable")` when there was none to read.
+    #[allow(clippy::type_complexity)]
     pub(crate) fn rebuild_index(
         &self,
     ) -> Result<(
-        Option<IndexSnapshot>,
+        std::result::Result<IndexSnapshot, &'static str>,
         IndexSnapshot,
         Vec<(ResultId, StoreError)>,
     )> {
         let _guard = self.lock_index()?;
         let path = self.index_path();
         let before = if path.exists() {
-            Index::open(&path).and_then(|ix| ix.snapshot()).ok()
+            Index::open(&path)
+                .and_then(|ix| ix.snapshot())
+                .map_err(|_| "unreadable")
         } else {
-            None
+            Err("missing")
         };
         remove_dir_all_force(&path)?;
         let ix = Index::open(&path)?;

@@ -377,10 +377,9 @@ impl Store {
     pub fn reindex(&self) -> Result<ReindexReport> {
         let (before, after, bad) = self.rebuild_index()?;
         let previous = match &before {
-            None if !self.index_path().exists() => "missing",
-            None => "unreadable",
-            Some(b) if *b == after => "identical",
-            Some(_) => "different",
+            Err(why) => why,
+            Ok(b) if *b == after => "identical",
+            Ok(_) => "different",
         };
         Ok(ReindexReport {
             results: after.results.len(),
@@ -532,7 +531,7 @@ impl Store {
         }
         sync_dir(&results_dir)?;
         if !report.removed_results.is_empty() {
-            self.rebuild_index()?;
+            let _rebuilt = self.rebuild_index()?;
         }
         for (_, p) in &doomed {
             match fs::remove_file(p) {
