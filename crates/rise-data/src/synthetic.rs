@@ -284,21 +284,21 @@ fn phrases(scene: Scene, op: Op) -> &'static [&'static str] {
         (Scene::Person, Op::Sub) => &["{P} gives away {b}.", "{P} loses {b}.", "{P} sells {b}."],
         (Scene::Person, Op::Mul) => &[
             "{P} now has {b} times as many.",
-            "Then the amount is {b} times as big.",
+            "The amount grows {b} times.",
         ],
         (Scene::Person, Op::Div) => &[
-            "{P} splits them into {b} equal groups and keeps one.",
-            "{P} keeps one of {b} equal shares.",
+            "{P} keeps one of {b} equal parts.",
+            "{P} splits them {b} ways and keeps one part.",
         ],
         (Scene::Container, Op::Add) => &["{b} more are put in.", "{b} more are added."],
         (Scene::Container, Op::Sub) => &["{b} are taken out.", "{b} are removed."],
         (Scene::Container, Op::Mul) => &[
             "Then there are {b} times as many.",
-            "The amount is made {b} times as big.",
+            "The amount grows {b} times.",
         ],
         (Scene::Container, Op::Div) => &[
-            "They are split into {b} equal piles and one pile stays.",
             "Only one of {b} equal parts stays.",
+            "They are split {b} ways and one part stays.",
         ],
         (Scene::Money, Op::Add) => &["{P} earns {b} more.", "{P} is paid {b} more."],
         (Scene::Money, Op::Sub) => &["{P} spends {b}.", "{P} pays {b} for lunch."],
@@ -307,8 +307,8 @@ fn phrases(scene: Scene, op: Op) -> &'static [&'static str] {
             "The money grows {b} times.",
         ],
         (Scene::Money, Op::Div) => &[
-            "{P} splits it into {b} equal parts and keeps one.",
-            "{P} keeps one of {b} equal shares.",
+            "{P} keeps one of {b} equal parts.",
+            "{P} splits it {b} ways and keeps one part.",
         ],
     }
 }

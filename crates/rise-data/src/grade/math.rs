@@ -187,7 +187,8 @@ fn token_end(s: &str, i: usize) -> usize {
             j += 1;
         }
         if j == i + 1 {
-            j = (i + 2).min(b.len());
+            // A control symbol (`\{`, `\,`, or `\é` in garbage input): one whole character.
+            j += s[j..].chars().next().map_or(0, char::len_utf8);
         }
         j
     } else {
@@ -471,6 +472,12 @@ mod tests {
         assert_eq!(normalize(r"\frac{\frac12}3"), r"\frac{\frac{1}{2}}{3}");
         assert_eq!(normalize(r"\text{Evelyn}"), "Evelyn");
         assert_eq!(normalize(r"x^{2}+1"), "x^2+1");
+    }
+
+    #[test]
+    fn garbage_control_symbols_stay_on_char_boundaries() {
+        // Found by the property test: `\é` once sliced through the middle of `é`.
+        assert_eq!(normalize("\\frac\\é9"), "\\frac{\\é}{9}");
     }
 
     #[test]
