@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod llama;
+pub mod sampler;
 pub mod tokenizer;
 
 pub use checkpoint::{init_random, load, save, CheckpointError};
