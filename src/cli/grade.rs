@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use rise_data::grade::{grade_many, grade_with, GradeOptions, Rewards, TaskKind, Verdict};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::Global;
 
@@ -86,6 +87,24 @@ pub struct Args {
     reward_unparseable: f64,
 }
 
+/// `--json` output; fields in this order on purpose (people read it).
+#[derive(Serialize)]
+struct SingleVerdict<'a> {
+    task: &'a str,
+    correct: bool,
+    reward: f64,
+    pred_answer: Option<&'a str>,
+    gold_answer: &'a str,
+}
+
+/// One `--jsonl` output line (the documented contract: exactly these three fields).
+#[derive(Serialize)]
+struct LineVerdict<'a> {
+    correct: bool,
+    pred_answer: Option<&'a str>,
+    gold_answer: &'a str,
+}
+
 fn parse_task(s: &str) -> Result<TaskKind, String> {
     s.parse::<TaskKind>().map_err(|e| e.to_string())
 }
@@ -120,14 +139,14 @@ fn grade(args: Args) -> Result<ExitCode> {
     };
     let v = grade_with(args.task, gold, &pred, &opts);
     if args.json {
-        let obj = json!({
-            "task": args.task.name(),
-            "correct": v.correct,
-            "reward": v.reward,
-            "pred_answer": v.pred_answer,
-            "gold_answer": v.gold_answer,
-        });
-        println!("{obj}");
+        let obj = SingleVerdict {
+            task: args.task.name(),
+            correct: v.correct,
+            reward: v.reward,
+            pred_answer: v.pred_answer.as_deref(),
+            gold_answer: &v.gold_answer,
+        };
+        println!("{}", serde_json::to_string(&obj)?);
     } else {
         print_human(&v);
     }
@@ -203,12 +222,12 @@ fn grade_jsonl(task: TaskKind, path: &Path, opts: &GradeOptions) -> Result<ExitC
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     for v in &verdicts {
-        let line = json!({
-            "correct": v.correct,
-            "pred_answer": v.pred_answer,
-            "gold_answer": v.gold_answer,
-        });
-        writeln!(out, "{line}").context("writing to stdout")?;
+        let line = LineVerdict {
+            correct: v.correct,
+            pred_answer: v.pred_answer.as_deref(),
+            gold_answer: &v.gold_answer,
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?).context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")?;
     let correct = verdicts.iter().filter(|v| v.correct).count();
