@@ -1,18 +1,1091 @@
-//! Placeholder while this concern is being built; replaced by its owner.
+//! Pipeline commands: run, plan, explain, status, dag, show, lineage, audit, lock.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
+use rise_engine::exec::{self, RunOptions, RunSummary, StageState};
+use rise_engine::lock::{LockEntry, LockFile, LockHeader};
+use rise_engine::plan::{self, Cache, PlanStatus};
+use rise_engine::progress::DisplayMode;
+use rise_engine::resolve::{resolve, Resolved};
+use rise_engine::{key::KEY_SCHEME_VERSION, pipeline::Pipeline, Registry};
+use rise_store::{ArtifactId, ResultId, ResultManifest, Store};
+use serde_json::json;
 
 use super::Global;
 
-#[derive(clap::Subcommand)]
-pub enum Command {
-    #[command(name = "__pipeline_pending", hide = true)]
-    Pending,
+/// The stage kinds the `rise` binary knows. The lead adds `rise_stages::register_all` here.
+fn registry() -> Registry {
+    Registry::new()
 }
 
-pub fn run(cmd: Command, _global: &Global) -> Result<ExitCode> {
+const PIPELINE_HELP: &str =
+    "PIPELINE is a TOML file: [pipeline] name/seed, one [stage.NAME] per stage \
+(kind, inputs = { INPUT = \"STAGE\" }, params = { ... }), optional [iterations] count/init and \
+[iter.stage.NAME] templates instantiated as iter1/NAME, iter2/NAME, ... See README, \"Pipelines\".";
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Run a pipeline: execute every stage whose cache key has no valid result.
+    #[command(
+        long_about = "Run a pipeline. Each stage's cache key covers its kind and version, resolved \
+params (files named by params by content), input artifacts and seed; a stage runs only if no valid \
+result exists for its key, so a no-op re-run executes nothing and an edit re-runs exactly the stages \
+it affects. Independent stages run in parallel (--jobs); at most one GPU stage runs at a time.\n\n\
+A failing stage does not stop independent branches; its dependents are skipped and the run exits 1 \
+naming the stage and its log. Ctrl-C stops cleanly: running stages are killed, nothing of them is \
+committed, their scratch (resumable state) is kept; run again to continue.\n\n\
+Two runs of one pipeline on one store execute each stage once: the second waits for and reuses \
+the first's result.",
+        after_help = "Examples:\n  rise run pipelines/rise.toml\n  rise run pipelines/rise.toml --jobs 4\n  \
+rise run pipelines/rise.toml --stage iter1/train     # only that stage and what it needs\n  \
+rise run p.toml --json | jq .stages\n\nExit status: 0 all stages have results; 1 a stage failed \
+or was skipped; 130 interrupted; 2 the pipeline file or store is unusable."
+    )]
+    Run(RunArgs),
+
+    /// Show what `rise run` would do, and why each stage would run.
+    #[command(after_help = "Example:\n  rise plan pipelines/rise.toml")]
+    Plan(PipelineArgs),
+
+    /// Show one stage's key fields next to its last committed result, marking differences.
+    #[command(after_help = "Example:\n  rise explain pipelines/rise.toml iter1/train")]
+    Explain {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// The stage, e.g. `iter1/train`.
+        stage: String,
+    },
+
+    /// Each stage's last result, whether it is current, and runs in progress.
+    #[command(after_help = "Example:\n  rise status pipelines/rise.toml")]
+    Status(PipelineArgs),
+
+    /// Print the stage graph (text, Graphviz with --dot, or JSON).
+    #[command(after_help = "Example:\n  rise dag pipelines/rise.toml --dot | dot -Tsvg > dag.svg")]
+    Dag {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Graphviz dot output.
+        #[arg(long)]
+        dot: bool,
+    },
+
+    /// Print a result: params, inputs, output files with ids, metrics, and the output's path.
+    #[command(
+        long_about = "Print a committed result: stage, kind, key, params, input artifacts, output \
+files (with blob ids and sizes), metrics, and the path of a read-only checkout of the output, so \
+you can open a report directly.\n\nWHAT is a result id, an artifact id (the result that produced \
+it), a unique prefix of either (at least 6 hex digits), or a stage name (its latest result; \
+with --pipeline NAME when several pipelines have that stage).",
+        after_help = "Examples:\n  rise show report\n  rise show iter2/evaluate --json | jq .metrics\n  \
+rise show 3fa9c1"
+    )]
+    Show {
+        /// Result id, artifact id, hex prefix, or stage name.
+        what: String,
+        /// Pipeline name, to pick among stages of the same name.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Print the results a result was built from, recursively, down to its roots.
+    #[command(after_help = "Example:\n  rise lineage report")]
+    Lineage {
+        /// Result id, artifact id, hex prefix, or stage name.
+        what: String,
+        /// Pipeline name, to pick among stages of the same name.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Verify the store: every blob, lineage closure; optionally a determinism re-run or a lock file.
+    #[command(
+        long_about = "Audit the store. Always: re-hash every blob and check every result (as \
+`rise store verify`), and check lineage closure: every input artifact of every result must have a \
+producing result or be pinned.\n\n--rerun STAGE (with --pipeline FILE) re-executes that stage in a \
+temporary store seeded with its inputs' artifacts and compares the output id with the stored \
+result: it prints \"reproducible\" or the differing files.\n\n--lock FILE checks that, for every \
+stage in the lock file, this store's result for the same key has the same output.",
+        after_help = "Examples:\n  rise audit\n  rise audit --pipeline pipelines/rise.toml --rerun iter1/grade\n  \
+rise audit --lock rise.lock\n\nExit status: 0 clean; 1 a problem was found."
+    )]
+    Audit(AuditArgs),
+
+    /// Write (or print) the pipeline's lock file: stage -> key -> output id, for git.
+    #[command(
+        long_about = "Write the pipeline's lock: for every stage, its cache key and output artifact \
+id, as deterministic TOML (sorted, no timestamps), so two machines that ran the same pipeline can \
+compare with `diff` or `rise audit --lock`. Every stage must have a result: run the pipeline first.",
+        after_help = "Examples:\n  rise lock pipelines/rise.toml -o rise.lock\n  rise lock pipelines/rise.toml | diff - rise.lock"
+    )]
+    Lock {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct PipelineArgs {
+    /// The pipeline file.
+    #[arg(help = PIPELINE_HELP)]
+    pub pipeline: PathBuf,
+    /// JSON output for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    p: PipelineArgs,
+    /// Stages to execute at once.
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+    /// Device for torch stages: cpu, cuda, cuda:N (default: the pipeline's `device`, else cpu).
+    #[arg(long)]
+    device: Option<String>,
+    /// Threads per stage (default: cores / jobs). Not part of cache keys.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run only this stage and what it needs (repeatable).
+    #[arg(long = "stage", value_name = "STAGE")]
+    stages: Vec<String>,
+    /// Plain progress lines even on a terminal.
+    #[arg(long, conflicts_with = "quiet")]
+    plain: bool,
+    /// No progress output (the run log in the store is still written).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// Re-execute this stage in a temporary store and compare its output (needs --pipeline).
+    #[arg(long, value_name = "STAGE", requires = "pipeline")]
+    rerun: Option<String>,
+    /// The pipeline file, for --rerun.
+    #[arg(long, value_name = "FILE")]
+    pipeline: Option<PathBuf>,
+    /// Compare the store's results with this lock file.
+    #[arg(long, value_name = "FILE")]
+    lock: Option<PathBuf>,
+    /// Skip re-hashing every blob (only lineage, --rerun, --lock).
+    #[arg(long)]
+    no_verify: bool,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: Command, global: &Global) -> Result<ExitCode> {
     match cmd {
-        Command::Pending => anyhow::bail!("not built yet"),
+        Command::Run(args) => cmd_run(args, global),
+        Command::Plan(p) => cmd_plan(p, global),
+        Command::Explain { p, stage } => cmd_explain(p, &stage, global),
+        Command::Status(p) => cmd_status(p, global),
+        Command::Dag { p, dot } => cmd_dag(p, dot),
+        Command::Show {
+            what,
+            pipeline,
+            json,
+        } => cmd_show(&what, pipeline.as_deref(), json, global),
+        Command::Lineage {
+            what,
+            pipeline,
+            json,
+        } => cmd_lineage(&what, pipeline.as_deref(), json, global),
+        Command::Audit(args) => cmd_audit(args, global),
+        Command::Lock { p, output } => cmd_lock(p, output, global),
     }
+}
+
+/// Parse and validate before touching the store, so a bad file leaves the store unchanged.
+fn load(path: &Path, registry: &Registry) -> Result<Resolved> {
+    let pipeline = Pipeline::load(path).map_err(|e| anyhow!("{e}"))?;
+    resolve(pipeline, registry).map_err(|e| anyhow!("{e}"))
+}
+
+fn open_store(global: &Global) -> Result<Store> {
+    let root = std::path::absolute(&global.store).unwrap_or_else(|_| global.store.clone());
+    Store::open(&root).with_context(|| format!("cannot open store {}", global.store.display()))
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Left-aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn cmd_run(args: RunArgs, global: &Global) -> Result<ExitCode> {
+    let registry = registry();
+    let resolved = load(&args.p.pipeline, &registry)?;
+    let store = open_store(global)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    exec::install_ctrlc(cancel.clone()).context("cannot install the Ctrl-C handler")?;
+    let device = args
+        .device
+        .or_else(|| resolved.pipeline.device.clone())
+        .unwrap_or_else(|| "cpu".into());
+    let opts = RunOptions {
+        jobs: args.jobs as usize,
+        device,
+        threads: args.threads,
+        worker: super::worker::path().map_err(|e| format!("{e:#}")),
+        targets: args.stages,
+        display: if args.quiet {
+            DisplayMode::Quiet
+        } else if args.plain {
+            DisplayMode::Plain
+        } else {
+            DisplayMode::Auto
+        },
+        cancel,
+    };
+    let summary = exec::run(&resolved, &registry, &store, &opts)?;
+    if args.p.json {
+        print_json(&serde_json::to_value(&summary)?)?;
+    } else if !args.quiet {
+        print_summary(&summary);
+    }
+    Ok(if summary.cancelled {
+        ExitCode::from(130)
+    } else if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_summary(summary: &RunSummary) {
+    let counts: Vec<String> = summary
+        .counts()
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    eprintln!(
+        "run {} of {}: {}",
+        summary.run_id,
+        summary.pipeline,
+        counts.join(", ")
+    );
+    for s in summary.failed() {
+        if let StageState::Failed { error, log } = &s.state {
+            eprintln!("FAILED {}: {error}\n       log: {}", s.stage, log.display());
+        }
+    }
+    let skipped: Vec<&str> = summary
+        .stages
+        .iter()
+        .filter(|s| matches!(s.state, StageState::Skipped { .. }))
+        .map(|s| s.stage.as_str())
+        .collect();
+    if !skipped.is_empty() {
+        eprintln!("skipped (an input failed): {}", skipped.join(", "));
+    }
+    if summary.cancelled {
+        eprintln!("interrupted: finished stages are committed; run again to continue");
+    }
+    eprintln!("run log: {}", summary.log.display());
+}
+
+fn cmd_plan(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
+    let registry = registry();
+    let resolved = load(&p.pipeline, &registry)?;
+    let store = open_store(global)?;
+    let cache = Cache::load(&store)?;
+    let entries = plan::plan(&resolved, &cache)?;
+    if p.json {
+        print_json(&json!({ "pipeline": resolved.pipeline.name, "stages": entries }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let key = e.key.map_or("(after inputs)".to_string(), |k| k.short(12));
+            match &e.status {
+                PlanStatus::Cached { output, .. } => {
+                    vec![
+                        e.stage.clone(),
+                        e.kind.clone(),
+                        "cached".into(),
+                        key,
+                        format!("output {}", output.short(12)),
+                    ]
+                }
+                PlanStatus::Run { why } => vec![
+                    e.stage.clone(),
+                    e.kind.clone(),
+                    "run".into(),
+                    key,
+                    why.join("; "),
+                ],
+            }
+        })
+        .collect();
+    table(&["STAGE", "KIND", "ACTION", "KEY", "WHY"], &rows);
+    let runs = entries.iter().filter(|e| e.runs()).count();
+    println!("\n{runs} of {} stages would run", entries.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_explain(p: PipelineArgs, stage_name: &str, global: &Global) -> Result<ExitCode> {
+    let registry = registry();
+    let resolved = load(&p.pipeline, &registry)?;
+    let i = resolved.find(stage_name).map_err(|e| anyhow!(e))?;
+    let stage = &resolved.stages[i];
+    let store = open_store(global)?;
+    let cache = Cache::load(&store)?;
+    let entries = plan::plan(&resolved, &cache)?;
+    let entry = entries
+        .iter()
+        .find(|e| e.stage == stage.name)
+        .context("stage missing from plan")?;
+    let outputs: BTreeMap<&str, Option<ArtifactId>> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.stage.as_str(),
+                match &e.status {
+                    PlanStatus::Cached { output, .. } => Some(*output),
+                    _ => None,
+                },
+            )
+        })
+        .collect();
+    let inputs: BTreeMap<String, Option<ArtifactId>> = stage
+        .inputs
+        .iter()
+        .map(|(n, &pi)| {
+            (
+                n.clone(),
+                outputs
+                    .get(resolved.stages[pi].name.as_str())
+                    .copied()
+                    .flatten(),
+            )
+        })
+        .collect();
+    let last = cache.latest(&resolved.pipeline.name, &stage.name);
+    let now_params = plan::flatten(&stage.recorded_params);
+    let then_params = last
+        .as_ref()
+        .map(|(_, m)| plan::flatten(&m.params))
+        .unwrap_or_default();
+    let mut rows: Vec<(String, String, String)> = vec![
+        (
+            "kind".into(),
+            stage.kind.clone(),
+            last.as_ref().map_or("-".into(), |(_, m)| m.kind.clone()),
+        ),
+        (
+            "kind version".into(),
+            stage.kind_version.to_string(),
+            last.as_ref()
+                .map_or("-".into(), |(_, m)| m.kind_version.to_string()),
+        ),
+        (
+            "seed".into(),
+            stage.seed.to_string(),
+            "(not recorded)".into(),
+        ),
+    ];
+    let paths: BTreeSet<&String> = now_params.keys().chain(then_params.keys()).collect();
+    for path in paths {
+        rows.push((
+            format!("params.{path}"),
+            now_params.get(path).cloned().unwrap_or("(unset)".into()),
+            if last.is_some() {
+                then_params.get(path).cloned().unwrap_or("(unset)".into())
+            } else {
+                "-".into()
+            },
+        ));
+    }
+    for (name, id) in &inputs {
+        let producer = &resolved.stages[stage.inputs[name]].name;
+        rows.push((
+            format!("input {name} (from {producer})"),
+            id.map_or("(will be rebuilt)".into(), |id| id.short(12)),
+            last.as_ref()
+                .and_then(|(_, m)| m.inputs.get(name))
+                .map_or("-".into(), |id| id.short(12)),
+        ));
+    }
+    let why = match &entry.status {
+        PlanStatus::Cached { .. } => vec!["cached: a valid result exists for this key".to_string()],
+        PlanStatus::Run { why } => why.clone(),
+    };
+    if p.json {
+        print_json(&json!({
+            "stage": stage.name,
+            "key": entry.key,
+            "last_result": last.as_ref().map(|(id, m)| json!({"result": id, "key": m.key, "finished_at": m.finished_at})),
+            "status": entry.status,
+            "fields": rows.iter().map(|(f, now, then)| json!({"field": f, "now": now, "last": then, "differs": last.is_some() && now != then && f != "seed"})).collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "stage {} ({} v{}), defined at {}:{}",
+        stage.name,
+        stage.kind,
+        stage.kind_version,
+        resolved.pipeline.path.display(),
+        stage.line
+    );
+    println!(
+        "key now:      {}",
+        entry
+            .key
+            .map_or("(known once its inputs are built)".to_string(), |k| k
+                .to_string())
+    );
+    match &last {
+        Some((id, m)) => println!(
+            "last result:  {id} (key {}, {})",
+            m.key.short(12),
+            m.finished_at
+        ),
+        None => println!("last result:  none"),
+    }
+    println!();
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(f, now, then)| {
+            let mark = if last.is_some() && now != then && f != "seed" {
+                "*"
+            } else {
+                ""
+            };
+            vec![mark.to_string(), f.clone(), now.clone(), then.clone()]
+        })
+        .collect();
+    table(&["", "FIELD", "NOW", "LAST RESULT"], &table_rows);
+    println!(
+        "\n{}: {}",
+        if entry.runs() {
+            "will run"
+        } else {
+            "up to date"
+        },
+        why.join("; ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_status(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
+    let registry = registry();
+    let resolved = load(&p.pipeline, &registry)?;
+    let store = open_store(global)?;
+    let cache = Cache::load(&store)?;
+    let entries = plan::plan(&resolved, &cache)?;
+    let running = store.running();
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for e in &entries {
+        let last = cache.latest(&resolved.pipeline.name, &e.stage);
+        let state = match (&e.status, &last) {
+            (PlanStatus::Cached { .. }, _) => "up to date",
+            (PlanStatus::Run { .. }, Some(_)) => "stale",
+            (PlanStatus::Run { .. }, None) => "never run",
+        };
+        let holder = e.key.and_then(|k| store.key_lock_holder(&k).ok().flatten());
+        let state = if holder.is_some() { "running" } else { state };
+        rows.push(vec![
+            e.stage.clone(),
+            state.to_string(),
+            last.as_ref()
+                .map_or("-".into(), |(_, m)| m.finished_at.clone()),
+            last.as_ref()
+                .map_or("-".into(), |(_, m)| m.output.short(12)),
+        ]);
+        out.push(json!({
+            "stage": e.stage, "state": state,
+            "last_result": last.as_ref().map(|(id, m)| json!({"result": id, "output": m.output, "finished_at": m.finished_at, "metrics": m.metrics})),
+            "running_pid": holder.map(|h| h.pid),
+        }));
+    }
+    if p.json {
+        print_json(
+            &json!({ "pipeline": resolved.pipeline.name, "stages": out, "runs_in_progress": running.iter().map(|h| json!({"pid": h.pid, "command": h.command})).collect::<Vec<_>>() }),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    table(&["STAGE", "STATE", "LAST FINISHED", "OUTPUT"], &rows);
+    for h in &running {
+        println!("run in progress: pid {} ({})", h.pid, h.command);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_dag(p: PipelineArgs, dot: bool) -> Result<ExitCode> {
+    let registry = registry();
+    let resolved = load(&p.pipeline, &registry)?;
+    if dot {
+        println!(
+            "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];",
+            resolved.pipeline.name.replace('"', "\\\"")
+        );
+        for &i in &resolved.order {
+            let s = &resolved.stages[i];
+            println!("  \"{}\" [label=\"{}\\n({})\"];", s.name, s.name, s.kind);
+        }
+        for &i in &resolved.order {
+            let s = &resolved.stages[i];
+            for (input, &pi) in &s.inputs {
+                println!(
+                    "  \"{}\" -> \"{}\" [label=\"{}\"];",
+                    resolved.stages[pi].name, s.name, input
+                );
+            }
+        }
+        println!("}}");
+    } else if p.json {
+        let stages: Vec<_> = resolved
+            .order
+            .iter()
+            .map(|&i| {
+                let s = &resolved.stages[i];
+                let inputs: BTreeMap<&String, &str> = s
+                    .inputs
+                    .iter()
+                    .map(|(n, &pi)| (n, resolved.stages[pi].name.as_str()))
+                    .collect();
+                json!({"stage": s.name, "kind": s.kind, "inputs": inputs, "line": s.line})
+            })
+            .collect();
+        print_json(&json!({ "pipeline": resolved.pipeline.name, "stages": stages }))?;
+    } else {
+        let rows: Vec<Vec<String>> = resolved
+            .order
+            .iter()
+            .map(|&i| {
+                let s = &resolved.stages[i];
+                let inputs: Vec<String> = s
+                    .inputs
+                    .iter()
+                    .map(|(n, &pi)| format!("{n} <- {}", resolved.stages[pi].name))
+                    .collect();
+                vec![
+                    s.name.clone(),
+                    s.kind.clone(),
+                    if inputs.is_empty() {
+                        "-".into()
+                    } else {
+                        inputs.join(", ")
+                    },
+                ]
+            })
+            .collect();
+        table(&["STAGE", "KIND", "INPUTS"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Find a result by id, artifact id, hex prefix, or stage name.
+fn find_result(
+    store: &Store,
+    what: &str,
+    pipeline: Option<&str>,
+) -> Result<(ResultId, ResultManifest)> {
+    let results = store.results()?;
+    let is_hex = what.len() >= 6 && what.chars().all(|c| c.is_ascii_hexdigit());
+    if is_hex {
+        let lower = what.to_ascii_lowercase();
+        let mut hits: Vec<&(ResultId, ResultManifest)> = results
+            .iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&lower))
+            .collect();
+        if hits.is_empty() {
+            // An artifact id: its latest producer.
+            hits = results
+                .iter()
+                .filter(|(_, m)| m.output.to_hex().starts_with(&lower))
+                .collect();
+            hits.sort_by(|a, b| a.1.finished_at.cmp(&b.1.finished_at));
+            if let Some(last) = hits.last() {
+                let distinct: BTreeSet<_> = hits.iter().map(|(_, m)| m.output).collect();
+                if distinct.len() > 1 {
+                    bail!(
+                        "`{what}` is ambiguous: it prefixes {} artifacts",
+                        distinct.len()
+                    );
+                }
+                return Ok((*last).clone());
+            }
+        }
+        match hits.len() {
+            0 => {}
+            1 => return Ok(hits[0].clone()),
+            n => bail!("`{what}` is ambiguous: it prefixes {n} result ids"),
+        }
+    }
+    let mut by_stage: Vec<&(ResultId, ResultManifest)> = results
+        .iter()
+        .filter(|(_, m)| m.stage == what && pipeline.is_none_or(|p| m.pipeline == p))
+        .collect();
+    let pipelines: BTreeSet<&str> = by_stage.iter().map(|(_, m)| m.pipeline.as_str()).collect();
+    if pipelines.len() > 1 {
+        bail!(
+            "stage `{what}` exists in several pipelines ({}); pick one with --pipeline NAME",
+            pipelines.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    by_stage.sort_by(|a, b| a.1.finished_at.cmp(&b.1.finished_at));
+    match by_stage.last() {
+        Some(r) => {
+            // The index's notion of latest wins when it exists.
+            let (_, m) = r;
+            if let Some(latest) = store.latest(&m.pipeline, &m.stage)? {
+                return Ok(latest);
+            }
+            Ok((*r).clone())
+        }
+        None => bail!("no result matches `{what}` (give a result id, an artifact id, a hex prefix of 6+ digits, or a stage name that has run)"),
+    }
+}
+
+fn cmd_show(
+    what: &str,
+    pipeline: Option<&str>,
+    json_out: bool,
+    global: &Global,
+) -> Result<ExitCode> {
+    let store = open_store(global)?;
+    let (id, m) = find_result(&store, what, pipeline)?;
+    let tree = store.read_tree(&m.output)?;
+    let path = std::path::absolute(store.artifact_path(&m.output)?)?;
+    if json_out {
+        print_json(&json!({
+            "result": id, "manifest": m, "output_path": path,
+            "files": tree.entries.iter().map(|e| json!({"path": e.path, "blob": e.blob, "size": e.size})).collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("result   {id}");
+    println!(
+        "stage    {} (pipeline {}, kind {} v{})",
+        m.stage, m.pipeline, m.kind, m.kind_version
+    );
+    println!("key      {}", m.key);
+    println!(
+        "run      {} on {} ({}), {} .. {}",
+        m.run_id, m.host, m.device, m.started_at, m.finished_at
+    );
+    println!("params");
+    for (k, v) in plan::flatten(&m.params) {
+        println!("  {k} = {v}");
+    }
+    println!("inputs");
+    for (name, a) in &m.inputs {
+        let producer = store.producer(a).ok().flatten().map_or(
+            "(no producer: imported or pinned)".to_string(),
+            |(_, pm)| format!("from {}", pm.stage),
+        );
+        println!("  {name} = {a} {producer}");
+    }
+    if m.inputs.is_empty() {
+        println!("  (none)");
+    }
+    println!("output   {}", m.output);
+    for e in &tree.entries {
+        println!("  {:<40} {:>10}  {}", e.path, e.size, e.blob.short(16));
+    }
+    println!("metrics");
+    for (k, v) in plan::flatten(&m.metrics) {
+        println!("  {k} = {v}");
+    }
+    println!("path     {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_lineage(
+    what: &str,
+    pipeline: Option<&str>,
+    json_out: bool,
+    global: &Global,
+) -> Result<ExitCode> {
+    let store = open_store(global)?;
+    let (id, m) = find_result(&store, what, pipeline)?;
+    let pins: BTreeMap<ArtifactId, String> =
+        store.pins()?.into_iter().map(|(n, a)| (a, n)).collect();
+    let mut lines = Vec::new();
+    let mut nodes = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn walk(
+        store: &Store,
+        pins: &BTreeMap<ArtifactId, String>,
+        id: ResultId,
+        m: &ResultManifest,
+        depth: usize,
+        via: &str,
+        seen: &mut BTreeSet<ResultId>,
+        lines: &mut Vec<String>,
+        nodes: &mut Vec<serde_json::Value>,
+    ) -> Result<()> {
+        let indent = "  ".repeat(depth);
+        let repeat = !seen.insert(id);
+        lines.push(format!(
+            "{indent}{via}{} [{}] result {} output {}{}",
+            m.stage,
+            m.kind,
+            id.short(12),
+            m.output.short(12),
+            if repeat { " (see above)" } else { "" }
+        ));
+        nodes.push(json!({"depth": depth, "via": via.trim_end_matches(": "), "stage": m.stage, "kind": m.kind, "result": id, "output": m.output}));
+        if repeat {
+            return Ok(());
+        }
+        for (name, a) in &m.inputs {
+            match store.producer(a)? {
+                Some((pid, pm)) => walk(
+                    store,
+                    pins,
+                    pid,
+                    &pm,
+                    depth + 1,
+                    &format!("{name}: "),
+                    seen,
+                    lines,
+                    nodes,
+                )?,
+                None => {
+                    let root = pins.get(a).map_or("no producing result".to_string(), |p| {
+                        format!("pinned as {p}")
+                    });
+                    lines.push(format!(
+                        "{}  {name}: artifact {} ({root})",
+                        indent,
+                        a.short(12)
+                    ));
+                    nodes.push(
+                        json!({"depth": depth + 1, "via": name, "artifact": a, "root": root}),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+    walk(
+        &store, &pins, id, &m, 0, "", &mut seen, &mut lines, &mut nodes,
+    )?;
+    if json_out {
+        print_json(&json!({ "result": id, "lineage": nodes }))?;
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
+    // Validate the pipeline first: a bad file must not touch the store.
+    let registry = registry();
+    let resolved = match &args.pipeline {
+        Some(p) => Some(load(p, &registry)?),
+        None => None,
+    };
+    let lock = match &args.lock {
+        Some(path) => Some(LockFile::read(path)?),
+        None => None,
+    };
+    let store = open_store(global)?;
+    let mut ok = true;
+    let mut report = serde_json::Map::new();
+    if !args.no_verify {
+        let v = store.verify()?;
+        ok &= v.is_clean();
+        if !args.json {
+            println!(
+                "blobs: {} checked ({} bytes), {} results, {} artifacts: {}",
+                v.blobs_checked,
+                v.bytes_checked,
+                v.results_checked,
+                v.artifacts_checked,
+                if v.is_clean() {
+                    "intact".to_string()
+                } else {
+                    "PROBLEMS (details: rise store verify)".to_string()
+                }
+            );
+            for b in &v.bad_blobs {
+                println!("  bad blob: {}", serde_json::to_string(b)?);
+            }
+            for r in &v.bad_results {
+                println!("  bad result: {}", serde_json::to_string(r)?);
+            }
+        }
+        report.insert("verify".into(), serde_json::to_value(&v)?);
+    }
+    // Lineage closure.
+    let results = store.results()?;
+    let produced: BTreeSet<ArtifactId> = results.iter().map(|(_, m)| m.output).collect();
+    let pinned: BTreeSet<ArtifactId> = store.pins()?.into_iter().map(|(_, a)| a).collect();
+    let mut orphans = Vec::new();
+    for (id, m) in &results {
+        for (name, a) in &m.inputs {
+            if !produced.contains(a) && !pinned.contains(a) {
+                orphans.push(json!({"result": id, "stage": m.stage, "input": name, "artifact": a}));
+            }
+        }
+    }
+    ok &= orphans.is_empty();
+    if !args.json {
+        println!(
+            "lineage: {} results, {}",
+            results.len(),
+            if orphans.is_empty() {
+                "closed (every input has a producer or a pin)".to_string()
+            } else {
+                format!("{} inputs without producer or pin", orphans.len())
+            }
+        );
+        for o in &orphans {
+            println!(
+                "  {} input {} = {} has no producer",
+                o["stage"], o["input"], o["artifact"]
+            );
+        }
+    }
+    report.insert("lineage_orphans".into(), json!(orphans));
+    if let Some(lock) = lock {
+        let mut diffs = Vec::new();
+        for (stage, entry) in &lock.stage {
+            let now = store.lookup(&entry.key)?;
+            match now {
+                None => diffs.push(json!({"stage": stage, "problem": "no result for this key in the store"})),
+                Some((_, m)) if m.output != entry.output => diffs.push(json!({"stage": stage, "problem": "different output", "lock": entry.output, "store": m.output})),
+                Some(_) => {}
+            }
+        }
+        ok &= diffs.is_empty();
+        if !args.json {
+            println!(
+                "lock {}: {} stages, {}",
+                lock.pipeline.name,
+                lock.stage.len(),
+                if diffs.is_empty() {
+                    "all match".to_string()
+                } else {
+                    format!("{} differ", diffs.len())
+                }
+            );
+            for d in &diffs {
+                println!(
+                    "  {}: {}",
+                    d["stage"].as_str().unwrap_or("?"),
+                    d["problem"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        report.insert("lock_differences".into(), json!(diffs));
+    }
+    if let (Some(stage), Some(resolved)) = (&args.rerun, &resolved) {
+        let outcome = rerun(&store, &registry, resolved, stage)?;
+        ok &= outcome["reproducible"].as_bool().unwrap_or(false);
+        if !args.json {
+            if outcome["reproducible"].as_bool().unwrap_or(false) {
+                println!(
+                    "rerun {stage}: reproducible (output {})",
+                    outcome["output"].as_str().unwrap_or("?")
+                );
+            } else {
+                println!("rerun {stage}: NOT reproducible");
+                if let Some(files) = outcome["differing_files"].as_array() {
+                    for f in files {
+                        println!("  {}", f.as_str().unwrap_or("?"));
+                    }
+                }
+                if let Some(e) = outcome["error"].as_str() {
+                    println!("  {e}");
+                }
+            }
+        }
+        report.insert("rerun".into(), outcome);
+    }
+    if args.json {
+        report.insert("ok".into(), json!(ok));
+        print_json(&serde_json::Value::Object(report))?;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Re-execute `stage_name` in a temporary store holding only its inputs; compare outputs.
+fn rerun(
+    store: &Store,
+    registry: &Registry,
+    resolved: &Resolved,
+    stage_name: &str,
+) -> Result<serde_json::Value> {
+    let i = resolved.find(stage_name).map_err(|e| anyhow!(e))?;
+    let cache = Cache::load(store)?;
+    let entries = plan::plan(resolved, &cache)?;
+    let entry = entries
+        .iter()
+        .find(|e| e.stage == stage_name)
+        .context("stage missing from plan")?;
+    let PlanStatus::Cached {
+        output: original, ..
+    } = entry.status
+    else {
+        bail!("stage {stage_name} has no current result to compare with: run the pipeline first");
+    };
+    let stage = &resolved.stages[i];
+    // A store inside this process's staging area: removed when `store` is dropped, or at the
+    // next open if this process dies.
+    let scratch = Store::open(store.staging_dir("audit")?.join("store"))?;
+    let mut inputs = BTreeMap::new();
+    for (name, &pi) in &stage.inputs {
+        let producer = entries
+            .iter()
+            .find(|e| e.stage == resolved.stages[pi].name)
+            .context("input missing from plan")?;
+        let PlanStatus::Cached { output, .. } = producer.status else {
+            bail!("input {name} has no result")
+        };
+        let dir = store.artifact_path(&output)?;
+        let copied = scratch.put_tree(&dir)?;
+        if copied != output {
+            bail!("copying input {name} into the temporary store changed its id ({output} -> {copied})");
+        }
+        inputs.insert(name.clone(), output);
+    }
+    let opts = RunOptions {
+        worker: super::worker::path().map_err(|e| format!("{e:#}")),
+        display: DisplayMode::Plain,
+        ..RunOptions::default()
+    };
+    let state = exec::run_single(resolved, registry, &scratch, &opts, i, inputs)?;
+    match state {
+        StageState::Executed { output, .. }
+        | StageState::Reused { output, .. }
+        | StageState::Cached { output, .. } => {
+            if output == original {
+                return Ok(json!({"stage": stage_name, "reproducible": true, "output": output}));
+            }
+            let a = store.read_tree(&original)?;
+            let b = scratch.read_tree(&output)?;
+            let mut files = Vec::new();
+            let paths: BTreeSet<&str> = a
+                .entries
+                .iter()
+                .chain(&b.entries)
+                .map(|e| e.path.as_str())
+                .collect();
+            for p in paths {
+                match (a.get(p), b.get(p)) {
+                    (Some(x), Some(y)) if x.blob != y.blob => {
+                        files.push(format!("{p}: {} -> {}", x.blob.short(12), y.blob.short(12)))
+                    }
+                    (Some(_), None) => files.push(format!("{p}: missing in the re-run")),
+                    (None, Some(_)) => files.push(format!("{p}: only in the re-run")),
+                    _ => {}
+                }
+            }
+            Ok(
+                json!({"stage": stage_name, "reproducible": false, "output": original, "rerun_output": output, "differing_files": files}),
+            )
+        }
+        StageState::Failed { error, log } => Ok(
+            json!({"stage": stage_name, "reproducible": false, "error": format!("the re-run failed: {error} (log {})", log.display())}),
+        ),
+        other => Ok(
+            json!({"stage": stage_name, "reproducible": false, "error": format!("the re-run did not finish: {other:?}")}),
+        ),
+    }
+}
+
+fn cmd_lock(p: PipelineArgs, output: Option<PathBuf>, global: &Global) -> Result<ExitCode> {
+    let registry = registry();
+    let resolved = load(&p.pipeline, &registry)?;
+    let store = open_store(global)?;
+    let cache = Cache::load(&store)?;
+    let entries = plan::plan(&resolved, &cache)?;
+    let mut stages = BTreeMap::new();
+    let mut missing = Vec::new();
+    for e in &entries {
+        match (&e.status, e.key) {
+            (PlanStatus::Cached { output, .. }, Some(key)) => {
+                stages.insert(
+                    e.stage.clone(),
+                    LockEntry {
+                        key,
+                        output: *output,
+                    },
+                );
+            }
+            _ => missing.push(e.stage.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "cannot lock {}: these stages have no current result: {} (run `rise run {}` first)",
+            resolved.pipeline.name,
+            missing.join(", "),
+            p.pipeline.display()
+        );
+    }
+    let lock = LockFile {
+        pipeline: LockHeader {
+            name: resolved.pipeline.name.clone(),
+            key_scheme: KEY_SCHEME_VERSION,
+        },
+        stage: stages,
+    };
+    if p.json {
+        print_json(&serde_json::to_value(&lock)?)?;
+    }
+    let text = lock.to_toml();
+    match output {
+        Some(path) => std::fs::write(&path, text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None if !p.json => print!("{text}"),
+        None => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,10 +7,15 @@
 //! torch: stage kinds come from other crates through the [`stage::Stage`] trait.
 pub mod child;
 pub mod error;
+pub mod exec;
 pub mod key;
+pub mod lock;
 pub mod pipeline;
+pub mod plan;
+pub mod progress;
 pub mod protocol;
 pub mod registry;
+pub mod resolve;
 pub mod shell;
 pub mod stage;
 

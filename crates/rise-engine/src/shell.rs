@@ -35,7 +35,14 @@ impl Stage for ShellStage {
     }
 
     fn fields(&self) -> &'static [&'static str] {
-        &["cmd", "outputs"]
+        &["cmd", "outputs", "deps"]
+    }
+
+    /// `deps = ["script.py"]`: files the command reads (scripts, configs); their content
+    /// enters the key, so editing a script re-runs the stage.
+    fn file_params(&self, resolved: &Value) -> Vec<String> {
+        let n = resolved["deps"].as_array().map_or(0, Vec::len);
+        (0..n).map(|i| format!("deps[{i}]")).collect()
     }
 
     /// Input: `{cmd, outputs?, ...params}`. Output: `{"cmd", "outputs", "params": {...}}`.
@@ -85,10 +92,33 @@ impl Stage for ShellStage {
                 ))
             }
         }
+        let mut deps = Vec::new();
+        match table.get("deps") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(path) if !path.is_empty() => deps.push(item.clone()),
+                        other => {
+                            return Err(ParamError::new(
+                                format!("deps[{i}]"),
+                                format!("expected a file path, got {}", type_name(other)),
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(ParamError::new(
+                    "deps",
+                    format!("expected an array of file paths, got {}", type_name(other)),
+                ))
+            }
+        }
         let mut params = Map::new();
         let mut env_names: BTreeMap<String, String> = BTreeMap::new();
         for (name, v) in table {
-            if name == "cmd" || name == "outputs" {
+            if name == "cmd" || name == "outputs" || name == "deps" {
                 continue;
             }
             let env = env_suffix(name);
@@ -100,7 +130,7 @@ impl Stage for ShellStage {
             }
             params.insert(name.clone(), v.clone());
         }
-        Ok(serde_json::json!({ "cmd": cmd, "outputs": outputs, "params": params }))
+        Ok(serde_json::json!({ "cmd": cmd, "outputs": outputs, "deps": deps, "params": params }))
     }
 
     fn declared_outputs(&self, resolved: &Value) -> Vec<String> {
@@ -197,7 +227,6 @@ pub fn shell_command(ctx: &StageContext) -> Result<Command, StageError> {
     };
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(cmd_text);
-    cmd.current_dir(&ctx.out_dir);
     cmd.env("RISE_OUT", &ctx.out_dir)
         .env("RISE_SCRATCH", &ctx.scratch_dir)
         .env("RISE_SEED", ctx.seed.to_string())

@@ -1,0 +1,475 @@
+//! Checking a parsed pipeline against the stage kinds, before anything runs: kinds, inputs,
+//! kind fields, params (each kind's own validation), referenced files, and cycles.
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::path::{Path, PathBuf};
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::Value;
+
+use crate::error::{PipelineError, PipelineErrors};
+use crate::key::{parse_path, Canon, PathSeg};
+use crate::pipeline::{suggest, Pipeline, StageDef, ENGINE_FIELDS};
+use crate::registry::Registry;
+use crate::stage::{Execution, ParamError};
+
+/// A validated pipeline, ready to plan and run.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The parsed pipeline.
+    pub pipeline: Pipeline,
+    /// Stages in file order.
+    pub stages: Vec<ResolvedStage>,
+    /// Stage indices in a topological order (producers first; ties in file order).
+    pub order: Vec<usize>,
+    /// Data flow graph: an edge producer -> consumer, weighted by the input name.
+    pub graph: DiGraph<usize, String>,
+}
+
+/// One validated stage.
+#[derive(Debug, Clone)]
+pub struct ResolvedStage {
+    /// Stage name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// Kind implementation version.
+    pub kind_version: u32,
+    /// Where it runs.
+    pub execution: Execution,
+    /// Input name -> producing stage (index into [`Resolved::stages`]).
+    pub inputs: BTreeMap<String, usize>,
+    /// Resolved params as the stage receives them (file params as absolute paths).
+    pub params: Value,
+    /// Resolved params as recorded in results: file params as `{"file": PATH, "blake3": HEX}`.
+    pub recorded_params: Value,
+    /// Resolved params as they enter the key (file params by content hash).
+    pub key_params: Canon,
+    /// Seed.
+    pub seed: u64,
+    /// Relative paths that must exist in the output after a run.
+    pub outputs: Vec<String>,
+    /// Line of the stage's table in the pipeline file.
+    pub line: usize,
+    /// Where it is defined (`stage.x` or `iter.stage.x`).
+    pub origin: String,
+}
+
+impl Resolved {
+    /// Index of the stage named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+
+    /// The stage named `name`, or an error listing the stages.
+    pub fn find(&self, name: &str) -> Result<usize, String> {
+        self.index_of(name).ok_or_else(|| {
+            format!(
+                "pipeline {} has no stage `{name}`{}",
+                self.pipeline.name,
+                suggest(name, self.stages.iter().map(|s| s.name.as_str()))
+            )
+        })
+    }
+
+    /// `stage` and every stage that depends on it, transitively.
+    pub fn descendants(&self, stage: usize) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![stage];
+        while let Some(i) = todo.pop() {
+            if out.insert(i) {
+                for n in self
+                    .graph
+                    .neighbors_directed(NodeIndex::new(i), petgraph::Direction::Outgoing)
+                {
+                    todo.push(n.index());
+                }
+            }
+        }
+        out
+    }
+
+    /// `stage` and every stage it depends on, transitively.
+    pub fn ancestors(&self, stage: usize) -> BTreeSet<usize> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![stage];
+        while let Some(i) = todo.pop() {
+            if out.insert(i) {
+                todo.extend(self.stages[i].inputs.values().copied());
+            }
+        }
+        out
+    }
+}
+
+/// Validate `pipeline` against `registry`. Every problem is reported, each with file, line and
+/// field.
+pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, PipelineErrors> {
+    let src = pipeline.source();
+    let mut errors: Vec<PipelineError> = Vec::new();
+    let index: BTreeMap<&str, usize> = pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut stages = Vec::with_capacity(pipeline.stages.len());
+    let mut file_hashes: BTreeMap<PathBuf, [u8; 32]> = BTreeMap::new();
+    for def in &pipeline.stages {
+        let origin = &def.origin;
+        let Some(kind) = registry.get(&def.kind) else {
+            errors.push(src.error(
+                &format!("{origin}.kind"),
+                format!(
+                    "unknown kind `{}`{}; known kinds: {}",
+                    def.kind,
+                    suggest(&def.kind, registry.kinds().into_iter()),
+                    registry.kinds().join(", ")
+                ),
+            ));
+            continue;
+        };
+        let mut ok = true;
+        // Inputs.
+        let spec = kind.inputs();
+        let mut inputs = BTreeMap::new();
+        for (input, producer) in &def.inputs {
+            if !spec.accepts(input) {
+                let mut takes: Vec<String> = spec
+                    .required
+                    .iter()
+                    .map(|r| format!("{r} (required)"))
+                    .collect();
+                takes.extend(spec.optional.iter().map(|o| o.to_string()));
+                errors.push(src.error(
+                    &format!("{origin}.inputs.{input}"),
+                    format!(
+                        "kind `{}` has no input `{input}`{}; it takes: {}",
+                        def.kind,
+                        suggest(input, spec.required.iter().chain(&spec.optional).copied()),
+                        if takes.is_empty() {
+                            "no inputs".to_string()
+                        } else {
+                            takes.join(", ")
+                        }
+                    ),
+                ));
+                ok = false;
+            }
+            match index.get(producer.as_str()) {
+                Some(&p) => {
+                    inputs.insert(input.clone(), p);
+                }
+                None => {
+                    errors.push(src.error(
+                        &format!("{origin}.inputs.{input}"),
+                        format!("unknown stage `{producer}`"),
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        for required in &spec.required {
+            if !def.inputs.contains_key(*required) {
+                errors.push(src.error(
+                    &format!("{origin}.inputs"),
+                    format!("kind `{}` needs input `{required}` (inputs = {{ {required} = \"STAGE\" }})", def.kind),
+                ));
+                ok = false;
+            }
+        }
+        // Kind fields merged into params.
+        let allowed = kind.fields();
+        let mut merged = def.params.clone();
+        for (field, value) in &def.kind_fields {
+            if !allowed.contains(&field.as_str()) {
+                let mut known: Vec<&str> = ENGINE_FIELDS.to_vec();
+                known.extend(allowed);
+                errors.push(src.error(
+                    &format!("{origin}.{field}"),
+                    format!(
+                        "unknown field for kind `{}`{}; a stage table has: {} (put stage settings in `params`)",
+                        def.kind,
+                        suggest(field, known.iter().copied()),
+                        known.join(", ")
+                    ),
+                ));
+                ok = false;
+                continue;
+            }
+            if def.params.contains_key(field) {
+                errors.push(src.error(
+                    &format!("{origin}.params.{field}"),
+                    format!(
+                        "`{field}` is a field of kind `{}`, set it beside `kind`, not in params",
+                        def.kind
+                    ),
+                ));
+                ok = false;
+                continue;
+            }
+            merged.insert(field.clone(), value.clone());
+        }
+        if !ok {
+            continue;
+        }
+        let resolved = match kind.resolve_params(&Value::Object(merged)) {
+            Ok(v) => v,
+            Err(err) => {
+                errors.push(param_error(&pipeline, def, &err));
+                continue;
+            }
+        };
+        // Files named by params: content into the key, absolute path to the stage.
+        let mut params = resolved.clone();
+        let mut recorded = resolved.clone();
+        let mut key_params = Canon::from_json(&resolved);
+        for path in kind.file_params(&resolved) {
+            let Some(Value::String(given)) = get_path(&resolved, &path) else {
+                errors.push(param_error(
+                    &pipeline,
+                    def,
+                    &ParamError::new(path.clone(), "names a file but is not a string"),
+                ));
+                continue;
+            };
+            let Some(found) = find_file(&pipeline, given) else {
+                errors.push(param_error(
+                    &pipeline,
+                    def,
+                    &ParamError::new(
+                        path.clone(),
+                        format!(
+                            "missing file `{given}` (looked in {} and in the current directory)",
+                            pipeline.dir().display()
+                        ),
+                    ),
+                ));
+                continue;
+            };
+            let hash = match file_hashes.get(&found) {
+                Some(h) => *h,
+                None => match hash_file(&found) {
+                    Ok(h) => {
+                        file_hashes.insert(found.clone(), h);
+                        h
+                    }
+                    Err(e) => {
+                        errors.push(param_error(
+                            &pipeline,
+                            def,
+                            &ParamError::new(
+                                path.clone(),
+                                format!("cannot read `{}`: {e}", found.display()),
+                            ),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            set_path(
+                &mut params,
+                &path,
+                Value::String(found.display().to_string()),
+            );
+            set_path(
+                &mut recorded,
+                &path,
+                serde_json::json!({ "file": given, "blake3": blake3::Hash::from(hash).to_hex().to_string() }),
+            );
+            key_params.replace(&path, Canon::File(hash));
+        }
+        stages.push((
+            def.name.clone(),
+            ResolvedStage {
+                name: def.name.clone(),
+                kind: def.kind.clone(),
+                kind_version: kind.version(),
+                execution: kind.execution(),
+                inputs: BTreeMap::new(),
+                outputs: kind.declared_outputs(&resolved),
+                params,
+                recorded_params: recorded,
+                key_params,
+                seed: def.seed,
+                line: def.line,
+                origin: def.origin.clone(),
+            },
+            inputs,
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(PipelineErrors::sorted(errors));
+    }
+    // All stages resolved, so indices in `index` match positions in `stages`.
+    let mut graph = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..stages.len()).map(|i| graph.add_node(i)).collect();
+    let mut out = Vec::with_capacity(stages.len());
+    for (i, (_, mut stage, inputs)) in stages.into_iter().enumerate() {
+        for (input, &p) in &inputs {
+            graph.add_edge(nodes[p], nodes[i], input.clone());
+        }
+        stage.inputs = inputs;
+        out.push(stage);
+    }
+    let resolved = Resolved {
+        pipeline,
+        stages: out,
+        order: Vec::new(),
+        graph,
+    };
+    match topo_order(&resolved) {
+        Ok(order) => Ok(Resolved { order, ..resolved }),
+        Err(cycle) => Err(PipelineErrors::one(cycle_error(&resolved, &cycle))),
+    }
+}
+
+/// Kahn's algorithm, taking the earliest stage in file order among the ready ones, so plans and
+/// runs list stages in a stable, readable order. `Err` holds one cycle.
+fn topo_order(r: &Resolved) -> Result<Vec<usize>, Vec<usize>> {
+    let n = r.stages.len();
+    let mut indegree: Vec<usize> = r
+        .stages
+        .iter()
+        .map(|s| s.inputs.values().collect::<BTreeSet<_>>().len())
+        .collect();
+    let mut consumers: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    for (i, s) in r.stages.iter().enumerate() {
+        for &p in s.inputs.values() {
+            consumers[p].insert(i);
+        }
+    }
+    let mut ready: BinaryHeap<std::cmp::Reverse<usize>> = (0..n)
+        .filter(|&i| indegree[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &c in &consumers[i] {
+            indegree[c] -= 1;
+            if indegree[c] == 0 {
+                ready.push(std::cmp::Reverse(c));
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Some stage is left with inputs: walk back through unfinished producers until a stage
+    // repeats; the repeated stretch is a cycle.
+    let done: BTreeSet<usize> = order.into_iter().collect();
+    let Some(start) = (0..n).find(|i| !done.contains(i)) else {
+        return Err(Vec::new());
+    };
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let Some(&next) = r.stages[cur].inputs.values().find(|p| !done.contains(p)) else {
+            return Err(path);
+        };
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle = path[pos..].to_vec();
+            cycle.reverse();
+            return Err(cycle);
+        }
+        path.push(next);
+        cur = next;
+    }
+}
+
+fn cycle_error(r: &Resolved, cycle: &[usize]) -> PipelineError {
+    // Report at the stage that appears first in the file, on the input closing the cycle.
+    let first_pos = cycle
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, &s)| r.stages[s].line)
+        .map_or(0, |(i, _)| i);
+    let rotated: Vec<usize> = cycle[first_pos..]
+        .iter()
+        .chain(&cycle[..first_pos])
+        .copied()
+        .collect();
+    let names: Vec<&str> = rotated.iter().map(|&i| r.stages[i].name.as_str()).collect();
+    let first = &r.stages[rotated[0]];
+    let producer = *rotated.last().unwrap_or(&rotated[0]);
+    let input = first
+        .inputs
+        .iter()
+        .find(|(_, &p)| p == producer)
+        .map(|(n, _)| n.clone())
+        .unwrap_or_default();
+    let mut chain = names.join(" -> ");
+    chain.push_str(" -> ");
+    chain.push_str(names[0]);
+    r.pipeline.source().error(
+        &format!("{}.inputs.{input}", first.origin),
+        format!("cycle: {chain} (each feeds the next; a stage cannot depend on its own output)"),
+    )
+}
+
+/// Locate a stage's param error in the file.
+fn param_error(p: &Pipeline, def: &StageDef, err: &ParamError) -> PipelineError {
+    let src = p.source();
+    let origin = &def.origin;
+    let f = err.field.as_str();
+    let head = f.split(['.', '[']).next().unwrap_or(f);
+    let candidates =
+        if f.starts_with("params.") || f == "params" || def.kind_fields.contains_key(head) {
+            vec![format!("{origin}.{f}")]
+        } else {
+            vec![format!("{origin}.params.{f}"), format!("{origin}.{f}")]
+        };
+    let field = candidates
+        .iter()
+        .find(|c| src.has(c))
+        .unwrap_or(&candidates[0])
+        .clone();
+    src.error(&field, err.message.clone())
+}
+
+fn get_path<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut node = v;
+    for seg in parse_path(path) {
+        node = match seg {
+            PathSeg::Key(k) => node.get(k.as_str())?,
+            PathSeg::Index(i) => node.get(i)?,
+        };
+    }
+    Some(node)
+}
+
+fn set_path(v: &mut Value, path: &str, with: Value) {
+    let mut node = v;
+    for seg in parse_path(path) {
+        let next = match seg {
+            PathSeg::Key(k) => node.get_mut(k.as_str()),
+            PathSeg::Index(i) => node.get_mut(i),
+        };
+        match next {
+            Some(n) => node = n,
+            None => return,
+        }
+    }
+    *node = with;
+}
+
+/// A relative file param is looked up next to the pipeline file first, then in the current
+/// directory (so `config = "configs/x.toml"` works from the repository root too).
+fn find_file(p: &Pipeline, given: &str) -> Option<PathBuf> {
+    let path = Path::new(given);
+    let candidates = if path.is_absolute() {
+        vec![path.to_path_buf()]
+    } else {
+        vec![p.dir().join(path), path.to_path_buf()]
+    };
+    candidates
+        .into_iter()
+        .find(|c| c.is_file())
+        .map(|c| std::path::absolute(&c).unwrap_or(c))
+}
+
+fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(*hasher.finalize().as_bytes())
+}
