@@ -129,6 +129,7 @@ pub(crate) struct Index {
     producers: sled::Tree,
     latest: sled::Tree,
     db: sled::Db,
+    dirty: std::cell::Cell<bool>,
 }
 
 impl Index {
@@ -137,7 +138,13 @@ impl Index {
             path: path.to_path_buf(),
             source,
         };
-        let db = sled::Config::new().path(path).open().map_err(err)?;
+        // No background flusher: each transaction flushes once at its end, and the flusher
+        // thread's shutdown would otherwise triple the cost of every short open/close.
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()
+            .map_err(err)?;
         Ok(Index {
             results: db.open_tree(T_RESULTS).map_err(err)?,
             by_key: db.open_tree(T_BY_KEY).map_err(err)?,
@@ -145,6 +152,7 @@ impl Index {
             latest: db.open_tree(T_LATEST).map_err(err)?,
             path: path.to_path_buf(),
             db,
+            dirty: std::cell::Cell::new(false),
         })
     }
 
@@ -170,6 +178,7 @@ impl Index {
             }
         };
         if newer {
+            self.dirty.set(true);
             tree.insert(k, encode_value(id, finished))
                 .map_err(self.err())?;
         }
@@ -186,6 +195,7 @@ impl Index {
             &m.finished_at,
         )?;
         // Last: a result is "indexed" only once all its entries are in.
+        self.dirty.set(true);
         self.results
             .insert(id.as_bytes(), &[][..])
             .map_err(self.err())?;
@@ -193,6 +203,7 @@ impl Index {
     }
 
     fn clear(&self) -> Result<()> {
+        self.dirty.set(true);
         for t in [&self.results, &self.by_key, &self.producers, &self.latest] {
             t.clear().map_err(self.err())?;
         }
@@ -260,8 +271,11 @@ impl Index {
         Ok(s)
     }
 
+    /// Makes this transaction's writes durable; free when it only read.
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(self.err())?;
+        if self.dirty.get() {
+            self.db.flush().map_err(self.err())?;
+        }
         Ok(())
     }
 }
@@ -431,6 +445,20 @@ impl Store {
     pub fn lookup(&self, key: &StageKey) -> Result<Option<(ResultId, ResultManifest)>> {
         let id = self.with_index(|ix| ix.by_key(key))?;
         self.load(id)
+    }
+
+    /// [`Store::lookup`] for many keys in one index transaction (the index is opened once, so
+    /// this is much cheaper than one `lookup` per key when planning a large pipeline).
+    pub fn lookup_many(
+        &self,
+        keys: &[StageKey],
+    ) -> Result<Vec<Option<(ResultId, ResultManifest)>>> {
+        let ids = self.with_index(|ix| {
+            keys.iter()
+                .map(|k| ix.by_key(k))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        ids.into_iter().map(|id| self.load(id)).collect()
     }
 
     /// The (current) result that produced `artifact`, if any.
