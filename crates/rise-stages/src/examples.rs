@@ -116,6 +116,14 @@ pub fn weight(reward: f64, tau: f64) -> f64 {
     (reward / tau).exp()
 }
 
+/// A seeded permutation of `0..n` (ChaCha8, stable across platforms and versions): the example
+/// order of a training epoch.
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    order
+}
+
 /// Builds the weighted examples of RISE.md §5 from graded trajectories.
 pub fn build_examples(
     trajectories: &[Trajectory],

@@ -9,6 +9,7 @@
 //! No torch here: the torch kinds' parameter schemas live in this crate so that `rise plan` can
 //! validate a pipeline without libtorch, while their implementations live in `rise-worker`.
 pub mod examples;
+pub mod format;
 pub mod kinds;
 pub mod metrics;
 pub mod params;
@@ -17,6 +18,9 @@ pub mod rollout;
 pub mod select;
 
 use kinds::WorkerStage;
+
+/// Re-exported so that rise-worker implements stages against the same engine types.
+pub use rise_engine;
 
 /// Registers every RISE kind: the in-process kinds with their implementations, the torch kinds
 /// as schemas (rise-worker replaces them with implementations in its own registry).

@@ -7,9 +7,14 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod stages;
 
 #[derive(Parser)]
-#[command(name = "rise-worker", version, about = "Runs rise's torch stages and model commands (spawned by `rise`).")]
+#[command(
+    name = "rise-worker",
+    version,
+    about = "Runs rise's torch stages and model commands (spawned by `rise`)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,11 +24,14 @@ struct Cli {
 enum Command {
     /// Print the libtorch version, CUDA devices and thread count as JSON.
     Doctor,
+    /// Run one pipeline stage from the spec the engine wrote (progress as JSON lines on stdout).
+    Stage(stages::Args),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor => doctor::run(),
+        Command::Stage(args) => stages::run(args),
     }
 }

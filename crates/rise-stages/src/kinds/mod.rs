@@ -260,20 +260,12 @@ pub static TOKENIZER: KindSchema = KindSchema {
     execution: WORKER,
     required_inputs: &[],
     optional_inputs: &["data", "model"],
-    fields: &[
-        Field::new(
-            "vocab_size",
-            int(64, 1_000_000),
-            "512",
-            "BPE vocabulary size (training only)",
-        ),
-        Field::new(
-            "min_frequency",
-            int(1, 1_000_000),
-            "2",
-            "least frequency of a merged pair",
-        ),
-    ],
+    fields: &[Field::new(
+        "vocab_size",
+        int(64, 1_000_000),
+        "512",
+        "BPE vocabulary size (training only)",
+    )],
     outputs: &["tokenizer.json"],
     about:
         "Trains a byte-level BPE tokenizer on a dataset's questions and solutions plus the RISE \
@@ -293,7 +285,7 @@ pub static MODEL: KindSchema = KindSchema {
         Field::optional("hf_dir", Ty::Str, "a local Hugging Face checkpoint directory to import (config.json, model.safetensors, tokenizer.json)"),
         Field::optional("system", Ty::Text, "system instruction for every conversation with this model (default: rise-data's step-by-step instruction; \"\" for none)"),
     ],
-    outputs: &["config.json", "model.safetensors", "tokenizer.json", "rise.json"],
+    outputs: &["config.json", "tokenizer.json", "rise.json"],
     about: "A model as a Hugging Face directory: either initialised from a size config with the \
             `tokenizer` input's vocabulary, or imported from `hf_dir` (safetensors only; the \
             chat template comes from its tokenizer_config.json). `rise.json` records the \

@@ -1,0 +1,114 @@
+//! Responses for conversations: render with the model's template, sample with rise-model's
+//! batched sampler, return the texts.
+use rise_data::conversation::{ChatTemplate, Message, TokenizeText};
+use rise_model::sampler::{generate_seeded, SamplingParams};
+use rise_stages::params::get;
+use rise_stages::rise_engine::{StageContext, StageError};
+use serde_json::Value;
+
+use super::common::Loaded;
+
+/// Sampling params shared by sample, relabel and evaluate.
+pub struct Sampling {
+    pub params: SamplingParams,
+    pub window: usize,
+    pub batch_size: usize,
+}
+
+impl Sampling {
+    /// Reads the shared sampling params; stop strings come from the model's template.
+    pub fn from_params(params: &Value, loaded: &Loaded) -> Result<Self, StageError> {
+        Ok(Sampling {
+            params: SamplingParams {
+                n: 1,
+                temperature: get(params, "temperature")?,
+                top_p: get(params, "top_p")?,
+                top_k: 0,
+                max_new_tokens: get(params, "max_new_tokens")?,
+                stop_strings: loaded.template.stop_strings(),
+                seed: 0,
+            },
+            window: get(params, "window")?,
+            batch_size: get(params, "batch_size")?,
+        })
+    }
+}
+
+/// Counts for progress lines.
+#[derive(Default)]
+pub struct Counts {
+    pub responses: u64,
+    pub tokens: u64,
+}
+
+/// One conversation to answer: its messages and the random stream its samples use. Streams
+/// are derived from what the conversation is (prompt id, turn), never from its position in
+/// a batch or shard, so a resumed run draws exactly what an uninterrupted one would.
+pub struct Request {
+    pub messages: Vec<Message>,
+    pub stream: u64,
+}
+
+/// `n` sampled responses for each request, in batches of `s.batch_size` requests.
+pub fn respond(
+    ctx: &StageContext,
+    loaded: &Loaded,
+    requests: &[Request],
+    n: usize,
+    s: &Sampling,
+    seed: u64,
+    counts: &mut Counts,
+) -> Result<Vec<Vec<String>>, StageError> {
+    let mut params = s.params.clone();
+    params.n = n;
+    params.seed = seed;
+    let mut out = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(s.batch_size.max(1)) {
+        ctx.check_cancelled()?;
+        let mut prompts = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let text = loaded.template.render(&r.messages, true).map_err(|e| {
+                StageError::msg(format!("stage {}: rendering a prompt: {e}", ctx.stage))
+            })?;
+            prompts.push(loaded.tokenizer.encode(&text));
+        }
+        let seeds: Vec<(u64, u64)> = chunk.iter().map(|r| (seed, r.stream)).collect();
+        let completions = generate_seeded(
+            &loaded.model,
+            &loaded.tokenizer,
+            &prompts,
+            &seeds,
+            &params,
+            loaded.model.device(),
+        )
+        .map_err(|e| StageError::msg(format!("stage {}: sampling: {e}", ctx.stage)))?;
+        for samples in completions {
+            counts.responses += samples.len() as u64;
+            counts.tokens += samples.iter().map(|c| c.tokens.len() as u64).sum::<u64>();
+            out.push(samples.into_iter().map(|c| c.text).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// A stream id for (text, salt): FNV-1a of the text mixed with the salt, so a prompt id and a
+/// turn number name one stream.
+pub fn stream(text: &str, salt: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h, salt)
+}
+
+/// SplitMix64 of a pair: nearby inputs give unrelated outputs.
+pub fn mix(seed: u64, salt: u64) -> u64 {
+    let mut z = seed
+        ^ salt
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0x632B_E59B_D9B4_E019);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

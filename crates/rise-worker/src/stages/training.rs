@@ -1,0 +1,115 @@
+//! Training shared by `sft` and `train`: rise-model's trainer with the stage's params,
+//! checkpoints in scratch (resumed after a kill), progress and a clear failure on divergence.
+use rise_model::trainer::{Duration, TrainConfig, TrainError, TrainExample, TrainSummary, Trainer};
+use rise_model::Model;
+use rise_stages::params::get;
+use rise_stages::rise_engine::{StageContext, StageError};
+
+/// Examples longer than `params.max_len` (or the model's context) are dropped rather than
+/// truncated, since truncation could cut away the trained message; returns them and the
+/// number dropped.
+pub fn fit(
+    ctx: &StageContext,
+    model_ctx: usize,
+    examples: Vec<TrainExample>,
+) -> Result<(Vec<TrainExample>, usize), StageError> {
+    let max_len: usize = get(&ctx.params, "max_len")?;
+    let limit = max_len.min(model_ctx);
+    let before = examples.len();
+    let kept: Vec<TrainExample> = examples
+        .into_iter()
+        .filter(|e| e.ids.len() <= limit)
+        .collect();
+    let dropped = before - kept.len();
+    if kept.is_empty() {
+        return Err(StageError::msg(format!(
+            "stage {}: all {before} examples are longer than {limit} tokens (params.max_len = {max_len}, model context {model_ctx})",
+            ctx.stage
+        )));
+    }
+    if dropped > 0 {
+        ctx.log(format!(
+            "dropped {dropped} of {before} examples longer than {limit} tokens"
+        ));
+    }
+    Ok((kept, dropped))
+}
+
+/// Trains `model` on `examples` with the stage's params.
+pub fn train(
+    ctx: &StageContext,
+    model: &mut Model,
+    examples: Vec<TrainExample>,
+) -> Result<TrainSummary, StageError> {
+    let f = |e: &dyn std::fmt::Display| StageError::msg(format!("stage {}: {e}", ctx.stage));
+    let p = &ctx.params;
+    let batch_size: usize = get(p, "batch_size")?;
+    let grad_accum: usize = get(p, "grad_accum")?;
+    let epochs: f64 = get(p, "epochs")?;
+    // Fractional epochs become a step count; the trainer's data order wraps across epochs.
+    let steps = ((epochs * examples.len() as f64) / (batch_size * grad_accum) as f64)
+        .ceil()
+        .max(1.0) as usize;
+    let config = TrainConfig {
+        lr: get(p, "lr")?,
+        warmup_frac: get(p, "warmup")?,
+        weight_decay: get(p, "weight_decay")?,
+        grad_clip: get(p, "grad_clip")?,
+        batch_size,
+        grad_accum,
+        duration: Duration::Steps(steps),
+        max_len: get(p, "max_len")?,
+        seed: ctx.seed,
+        checkpoint_every: get(p, "checkpoint_every")?,
+        ..TrainConfig::default()
+    };
+    let n = examples.len();
+    let trainer = Trainer::new(model, config, examples).map_err(|e| f(&e))?;
+    let mut trainer = trainer
+        .with_checkpoints(&ctx.scratch_dir.join("checkpoints"))
+        .map_err(|e| f(&format!("resuming from {}: {e}", ctx.scratch_dir.display())))?;
+    let total = trainer.total_steps();
+    if trainer.step() > 0 {
+        ctx.log(format!(
+            "resumed from the checkpoint at step {} of {total}",
+            trainer.step()
+        ));
+    }
+    ctx.progress.start(Some(total as u64), "steps");
+    ctx.progress.advance(trainer.step() as u64);
+    let mut first_loss = None;
+    let summary = trainer
+        .run(
+            |pr| {
+                first_loss.get_or_insert(pr.loss);
+                ctx.progress.advance(1);
+                if pr.step % 10 == 0 || pr.step == pr.total_steps {
+                    ctx.progress.set_message(&format!("loss {:.4}, lr {:.2e}, {:.0} tok/s", pr.loss, pr.lr, pr.tokens_per_sec));
+                }
+            },
+            &ctx.cancel,
+        )
+        .map_err(|e| match e {
+            TrainError::Cancelled { .. } => StageError::cancelled(),
+            TrainError::NonFinite { what, value, step } => f(&format!(
+                "training diverged: the {what} is {value} at step {step} of {total} (lr {}); nothing is \
+                 committed for this stage: lower params.lr or raise params.tau",
+                get::<f64>(p, "lr").unwrap_or(f64::NAN)
+            )),
+            other => f(&other),
+        })?;
+    ctx.metric("loss", summary.final_loss.into());
+    ctx.metric("steps", summary.steps.into());
+    ctx.log(format!(
+        "trained {} steps on {n} examples{}; loss {} -> {:.4}",
+        summary.steps,
+        if summary.resumed_from > 0 {
+            format!(" (resumed at step {})", summary.resumed_from)
+        } else {
+            String::new()
+        },
+        first_loss.map_or("(none this run)".to_string(), |l| format!("{l:.4}")),
+        summary.final_loss
+    ));
+    Ok(summary)
+}
