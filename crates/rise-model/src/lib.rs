@@ -13,6 +13,7 @@ pub mod config;
 pub mod llama;
 pub mod sampler;
 pub mod tokenizer;
+pub mod trainer;
 
 pub use checkpoint::{init_random, load, save, CheckpointError};
 pub use config::{ConfigError, LlamaConfig, RopeScaling};

@@ -1,0 +1,716 @@
+//! Full fine-tuning with the reward-weighted loss of RISE.md §5.
+//!
+//! Loss of one example = mean token NLL over its masked (trained) tokens × its weight;
+//! the loss of an optimizer step = the mean over the step's examples (no weight
+//! normalisation). AdamW (PyTorch semantics, decoupled weight decay), cosine schedule with
+//! linear warmup (transformers' `get_cosine_schedule_with_warmup`), global-norm gradient
+//! clipping, gradient accumulation. fp32 on the CPU; on CUDA, fp32 master weights with bf16
+//! compute.
+//!
+//! AdamW is written out here rather than taken from tch: tch's optimizer hides its moment
+//! tensors, and exact resume needs to save and restore them.
+//!
+//! Checkpoints (`checkpoint_every` steps, and on cancellation) hold the weights, both Adam
+//! moments, the step, the data-order seed and position, and a fingerprint of the data and
+//! config; they are written to a temporary directory and renamed, then published through a
+//! `latest` file that is itself replaced atomically. On the CPU, N steps + resume + N steps
+//! gives byte-identical weights to 2N uninterrupted steps.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::llama::Model;
+
+/// How long to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Duration {
+    /// Passes over the examples (the last step may hold fewer examples).
+    Epochs(usize),
+    /// Optimizer steps (the data order wraps into new epochs as needed).
+    Steps(usize),
+}
+
+/// Training hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Fraction of the steps spent warming up linearly from 0.
+    pub warmup_frac: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (`0` = no clipping).
+    pub grad_clip: f64,
+    /// Examples per forward/backward pass.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = `batch_size * grad_accum`).
+    pub grad_accum: usize,
+    /// How long to train.
+    pub duration: Duration,
+    /// Examples are truncated to this many tokens.
+    pub max_len: usize,
+    /// Seeds the data order (a fresh permutation per epoch).
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (`0` = only on cancellation).
+    pub checkpoint_every: usize,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+}
+
+impl Default for TrainConfig {
+    /// RISE's release defaults where they apply (lr 1e-5, warmup 4%, no weight decay).
+    fn default() -> Self {
+        TrainConfig {
+            lr: 1e-5,
+            warmup_frac: 0.04,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            batch_size: 8,
+            grad_accum: 1,
+            duration: Duration::Epochs(1),
+            max_len: 2048,
+            seed: 0,
+            checkpoint_every: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// One training example.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainExample {
+    /// Token ids of the whole conversation.
+    pub ids: Vec<u32>,
+    /// `loss_mask[i]`: whether predicting token `i` (from tokens `< i`) carries loss.
+    /// `loss_mask[0]` is ignored: nothing predicts the first token.
+    pub loss_mask: Vec<bool>,
+    /// Multiplies this example's mean token loss (RISE: `exp(reward / tau)`).
+    pub weight: f32,
+}
+
+/// Reported after every optimizer step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Progress {
+    /// Steps completed (1-based after the first step).
+    pub step: usize,
+    /// Steps in the whole run.
+    pub total_steps: usize,
+    /// This step's loss (weighted mean over its examples).
+    pub loss: f64,
+    /// The learning rate used for this step.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens (real, not padding) per second during this step.
+    pub tokens_per_sec: f64,
+}
+
+/// The outcome of [`Trainer::run`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainSummary {
+    /// Steps completed in total (including those before a resume).
+    pub steps: usize,
+    /// The step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+    /// The last step's loss.
+    pub final_loss: f64,
+}
+
+/// Training failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A config field or example is invalid.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field (e.g. `batch_size`, `examples[3].loss_mask`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The loss or gradient became NaN or infinite.
+    #[error(
+        "non-finite {what} ({value}) at step {step}: lower the learning rate or check the data"
+    )]
+    NonFinite {
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The value.
+        value: f64,
+        /// The step (1-based) that produced it.
+        step: usize,
+    },
+    /// The cancellation flag was raised; a checkpoint was written first when a checkpoint
+    /// directory is configured.
+    #[error("training cancelled after step {step}")]
+    Cancelled {
+        /// Steps completed.
+        step: usize,
+    },
+    /// A checkpoint does not belong to this run (other data or config).
+    #[error("checkpoint {path} does not match this run: {message}")]
+    Mismatch {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// Which field differs.
+        message: String,
+    },
+    /// Reading or writing a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A libtorch call failed.
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> TrainError {
+    TrainError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The JSON half of a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    total_steps: usize,
+    /// Examples consumed so far (position in the epoch-wise shuffled stream).
+    data_position: usize,
+    /// The data-order RNG: a ChaCha8 seeded with `(seed, epoch)` per epoch, so the seed and
+    /// the position determine the whole future order.
+    data_seed: u64,
+    data_fingerprint: String,
+    config: TrainConfig,
+    last_loss: f64,
+}
+
+/// Trains a [`Model`] in place on a list of examples.
+pub struct Trainer<'a> {
+    model: &'a mut Model,
+    config: TrainConfig,
+    examples: Vec<TrainExample>,
+    params: Vec<(String, Tensor)>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    step: usize,
+    resumed_from: usize,
+    total_steps: usize,
+    last_loss: f64,
+    checkpoint_dir: Option<PathBuf>,
+    fingerprint: String,
+    /// Cached permutation of the current epoch.
+    order: (usize, Vec<usize>),
+}
+
+fn fingerprint(examples: &[TrainExample], config: &TrainConfig) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"rise-trainer-data-v1");
+    h.update(&(examples.len() as u64).to_le_bytes());
+    for e in examples {
+        h.update(&(e.ids.len() as u64).to_le_bytes());
+        for t in &e.ids {
+            h.update(&t.to_le_bytes());
+        }
+        for &m in &e.loss_mask {
+            h.update(&[m as u8]);
+        }
+        h.update(&e.weight.to_le_bytes());
+    }
+    h.update(
+        serde_json::to_string(config)
+            .expect("config serializes")
+            .as_bytes(),
+    );
+    h.finalize().to_hex().to_string()
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run. Validates the config and every example (lengths agree, at least one
+    /// trained token within `max_len`, finite non-negative weight).
+    pub fn new(
+        model: &'a mut Model,
+        config: TrainConfig,
+        examples: Vec<TrainExample>,
+    ) -> Result<Self, TrainError> {
+        if config.batch_size == 0 {
+            return Err(invalid("batch_size", "must be at least 1"));
+        }
+        if config.grad_accum == 0 {
+            return Err(invalid("grad_accum", "must be at least 1"));
+        }
+        if config.max_len < 2 {
+            return Err(invalid("max_len", "must be at least 2"));
+        }
+        if !(config.lr.is_finite() && config.lr >= 0.0) {
+            return Err(invalid("lr", "must be a finite number >= 0"));
+        }
+        if !(0.0..=1.0).contains(&config.warmup_frac) {
+            return Err(invalid("warmup_frac", "must be in [0, 1]"));
+        }
+        if !(config.grad_clip >= 0.0) {
+            return Err(invalid("grad_clip", "must be >= 0 (0 disables clipping)"));
+        }
+        if examples.is_empty() {
+            return Err(invalid("examples", "no training examples"));
+        }
+        let vocab = model.config().vocab_size as u32;
+        for (i, e) in examples.iter().enumerate() {
+            if e.ids.len() != e.loss_mask.len() {
+                return Err(invalid(
+                    format!("examples[{i}].loss_mask"),
+                    format!(
+                        "has {} entries for {} tokens",
+                        e.loss_mask.len(),
+                        e.ids.len()
+                    ),
+                ));
+            }
+            if let Some(t) = e.ids.iter().find(|&&t| t >= vocab) {
+                return Err(invalid(
+                    format!("examples[{i}].ids"),
+                    format!("token {t} >= vocab size {vocab}"),
+                ));
+            }
+            let n = e.ids.len().min(config.max_len);
+            if !e.loss_mask[..n].iter().skip(1).any(|&m| m) {
+                return Err(invalid(
+                    format!("examples[{i}].loss_mask"),
+                    format!(
+                        "no trained token among the first {n} (raise max_len = {} or fix the mask)",
+                        config.max_len
+                    ),
+                ));
+            }
+            if !(e.weight.is_finite() && e.weight >= 0.0) {
+                return Err(invalid(
+                    format!("examples[{i}].weight"),
+                    format!("{} is not finite and >= 0", e.weight),
+                ));
+            }
+        }
+        let per_step = config.batch_size * config.grad_accum;
+        let total_steps = match config.duration {
+            Duration::Steps(s) => s,
+            Duration::Epochs(e) => (examples.len() * e).div_ceil(per_step),
+        };
+        if model.device().is_cuda() {
+            model.llama.set_compute_kind(Kind::BFloat16);
+        }
+        let mut params: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, p) in &params {
+            if p.kind() != Kind::Float {
+                return Err(invalid(
+                    "model",
+                    format!(
+                        "parameter {name} is {:?}; train fp32 master weights",
+                        p.kind()
+                    ),
+                ));
+            }
+        }
+        let exp_avg = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        let exp_avg_sq = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        let fingerprint = fingerprint(&examples, &config);
+        Ok(Trainer {
+            model,
+            config,
+            examples,
+            params,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+            resumed_from: 0,
+            total_steps,
+            last_loss: f64::NAN,
+            checkpoint_dir: None,
+            fingerprint,
+            order: (usize::MAX, Vec::new()),
+        })
+    }
+
+    /// Checkpoints go to `dir`; if it already holds one for this exact run (same data and
+    /// config), training continues from it.
+    pub fn with_checkpoints(mut self, dir: &Path) -> Result<Self, TrainError> {
+        self.checkpoint_dir = Some(dir.to_path_buf());
+        let latest = dir.join("latest");
+        if latest.is_file() {
+            let name = std::fs::read_to_string(&latest).map_err(|source| CheckpointError::Io {
+                path: latest.clone(),
+                source,
+            })?;
+            self.load_checkpoint(&dir.join(name.trim()))?;
+        }
+        Ok(self)
+    }
+
+    /// Steps in the whole run.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The learning rate for step `step` (0-based), as transformers' cosine schedule.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let total = self.total_steps.max(1) as f64;
+        let warmup = (self.config.warmup_frac * total).ceil();
+        let s = step as f64;
+        if s < warmup {
+            return self.config.lr * s / warmup.max(1.0);
+        }
+        let progress = (s - warmup) / (total - warmup).max(1.0);
+        self.config.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+
+    /// The example index at stream position `pos` (epoch-wise shuffled).
+    fn example_at(&mut self, pos: usize) -> usize {
+        let n = self.examples.len();
+        let epoch = pos / n;
+        if self.order.0 != epoch {
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            order.shuffle(&mut rng);
+            self.order = (epoch, order);
+        }
+        self.order.1[pos % n]
+    }
+
+    /// The stream positions step `step` (0-based) consumes.
+    fn step_positions(&self, step: usize) -> std::ops::Range<usize> {
+        let per_step = self.config.batch_size * self.config.grad_accum;
+        let start = step * per_step;
+        let end = match self.config.duration {
+            Duration::Epochs(e) => (start + per_step).min(self.examples.len() * e),
+            Duration::Steps(_) => start + per_step,
+        };
+        start..end
+    }
+
+    /// Sum over `batch` of `weight × mean NLL of trained tokens`, and the real token count.
+    fn batch_loss(&self, batch: &[usize]) -> (Tensor, usize) {
+        let device = self.model.device();
+        let max_len = self.config.max_len;
+        let t = batch
+            .iter()
+            .map(|&i| self.examples[i].ids.len().min(max_len))
+            .max()
+            .unwrap_or(0);
+        let b = batch.len();
+        let mut ids = vec![0i64; b * t];
+        let mut mask = vec![0f32; b * t];
+        let mut weights = vec![0f32; b];
+        let mut tokens = 0;
+        for (r, &i) in batch.iter().enumerate() {
+            let e = &self.examples[i];
+            let n = e.ids.len().min(max_len);
+            tokens += n;
+            weights[r] = e.weight;
+            for j in 0..n {
+                ids[r * t + j] = e.ids[j] as i64;
+                mask[r * t + j] = if j > 0 && e.loss_mask[j] { 1.0 } else { 0.0 };
+            }
+        }
+        let ids = Tensor::from_slice(&ids)
+            .view([b as i64, t as i64])
+            .to_device(device);
+        let mask = Tensor::from_slice(&mask)
+            .view([b as i64, t as i64])
+            .to_device(device);
+        let weights = Tensor::from_slice(&weights).to_device(device);
+        // Right padding never reaches a real token under causal attention, so no mask is
+        // needed and the fused causal kernels apply.
+        let input = ids.narrow(1, 0, t as i64 - 1);
+        let target = ids.narrow(1, 1, t as i64 - 1);
+        let tmask = mask.narrow(1, 1, t as i64 - 1);
+        let hidden = self.model.hidden(&input, None, None, None);
+        let h = hidden.size()[2];
+        // Project only the trained positions onto the vocabulary: the lm_head and softmax
+        // over every position would cost far more for the same loss.
+        let flat_mask = tmask.reshape([-1]);
+        let sel = flat_mask.nonzero().squeeze_dim(1);
+        let hsel = hidden.reshape([-1, h]).index_select(0, &sel);
+        let logits = self.model.logits(&hsel);
+        let tgt = target.reshape([-1]).index_select(0, &sel);
+        let nll = -logits
+            .log_softmax(-1, Kind::Float)
+            .gather(1, &tgt.unsqueeze(1), false)
+            .squeeze_dim(1);
+        let row = Tensor::arange(b as i64, (Kind::Int64, device))
+            .unsqueeze(1)
+            .expand([b as i64, t as i64 - 1], false);
+        let row_sel = row.reshape([-1]).index_select(0, &sel);
+        let per_row_sum =
+            Tensor::zeros([b as i64], (Kind::Float, device)).index_add(0, &row_sel, &nll);
+        let counts = tmask.sum_dim_intlist(1, false, Kind::Float);
+        let loss = (per_row_sum / counts * weights).sum(Kind::Float);
+        (loss, tokens)
+    }
+
+    /// Runs one optimizer step and returns its progress record.
+    pub fn train_step(&mut self) -> Result<Progress, TrainError> {
+        let started = Instant::now();
+        let step = self.step;
+        let positions = self.step_positions(step);
+        let indices: Vec<usize> = positions.map(|p| self.example_at(p)).collect();
+        let n_examples = indices.len() as f64;
+        for (_, p) in &mut self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+        let mut loss_total = 0.0;
+        let mut tokens = 0;
+        for micro in indices.chunks(self.config.batch_size) {
+            let (loss_sum, n_tok) = self.batch_loss(micro);
+            let loss = loss_sum / n_examples;
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    what: "loss",
+                    value,
+                    step: step + 1,
+                });
+            }
+            loss.backward();
+            loss_total += value;
+            tokens += n_tok;
+        }
+        let lr = self.lr_at(step);
+        let grad_norm = tch::no_grad(|| -> Result<f64, TrainError> {
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, p)| p.grad())
+                .filter(Tensor::defined)
+                .collect();
+            let sq: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Float)).collect();
+            let norm = Tensor::stack(&sq, 0)
+                .sum(Kind::Float)
+                .sqrt()
+                .double_value(&[]);
+            if !norm.is_finite() {
+                return Err(TrainError::NonFinite {
+                    what: "gradient norm",
+                    value: norm,
+                    step: step + 1,
+                });
+            }
+            if self.config.grad_clip > 0.0 && norm > self.config.grad_clip {
+                // As torch.nn.utils.clip_grad_norm_.
+                let scale = self.config.grad_clip / (norm + 1e-6);
+                for mut g in grads {
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            }
+            self.adamw(lr, step + 1);
+            Ok(norm)
+        })?;
+        self.step += 1;
+        self.last_loss = loss_total;
+        let secs = started.elapsed().as_secs_f64();
+        Ok(Progress {
+            step: self.step,
+            total_steps: self.total_steps,
+            loss: loss_total,
+            lr,
+            grad_norm,
+            tokens_per_sec: if secs > 0.0 {
+                tokens as f64 / secs
+            } else {
+                0.0
+            },
+        })
+    }
+
+    /// PyTorch's AdamW update for step `t` (1-based).
+    fn adamw(&mut self, lr: f64, t: usize) {
+        let c = &self.config;
+        let bc1 = 1.0 - c.beta1.powi(t as i32);
+        let bc2 = 1.0 - c.beta2.powi(t as i32);
+        for (((_, p), m), v) in self
+            .params
+            .iter_mut()
+            .zip(&mut self.exp_avg)
+            .zip(&mut self.exp_avg_sq)
+        {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            if c.weight_decay != 0.0 {
+                let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+            }
+            let _ = m.g_mul_scalar_(c.beta1);
+            let _ = m.g_add_(&(&g * (1.0 - c.beta1)));
+            let _ = v.g_mul_scalar_(c.beta2);
+            let _ = v.g_add_(&(g.square() * (1.0 - c.beta2)));
+            let denom = v.sqrt() / bc2.sqrt() + c.eps;
+            let _ = p.g_sub_(&(&*m / &denom * (lr / bc1)));
+        }
+    }
+
+    /// Trains to the end, calling `on_progress` after every step and checking `cancel`
+    /// before each. Checkpoints every `checkpoint_every` steps and at the end (and on
+    /// cancellation) when a checkpoint directory is set.
+    pub fn run(
+        &mut self,
+        mut on_progress: impl FnMut(&Progress),
+        cancel: &AtomicBool,
+    ) -> Result<TrainSummary, TrainError> {
+        while self.step < self.total_steps {
+            if cancel.load(Ordering::SeqCst) {
+                if self.checkpoint_dir.is_some() {
+                    self.save_checkpoint()?;
+                }
+                return Err(TrainError::Cancelled { step: self.step });
+            }
+            let p = self.train_step()?;
+            on_progress(&p);
+            let every = self.config.checkpoint_every;
+            if self.checkpoint_dir.is_some()
+                && every > 0
+                && self.step % every == 0
+                && self.step < self.total_steps
+            {
+                self.save_checkpoint()?;
+            }
+        }
+        if self.checkpoint_dir.is_some() {
+            self.save_checkpoint()?;
+        }
+        Ok(TrainSummary {
+            steps: self.step,
+            resumed_from: self.resumed_from,
+            final_loss: self.last_loss,
+        })
+    }
+
+    /// Writes a checkpoint of the current state into the checkpoint directory.
+    pub fn save_checkpoint(&self) -> Result<(), TrainError> {
+        let Some(dir) = &self.checkpoint_dir else {
+            return Err(invalid(
+                "checkpoint_dir",
+                "no checkpoint directory set (use with_checkpoints)",
+            ));
+        };
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CheckpointError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let name = format!("step-{:08}", self.step);
+        let final_dir = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        checkpoint::save(&tmp, self.model, self.model.config())?;
+        let mut moments: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
+        for (((name, _), m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
+            moments.push((
+                format!("exp_avg.{name}"),
+                m.to_device(Device::Cpu).contiguous(),
+            ));
+            moments.push((
+                format!("exp_avg_sq.{name}"),
+                v.to_device(Device::Cpu).contiguous(),
+            ));
+        }
+        checkpoint::write_atomic(
+            &tmp.join("optimizer.safetensors"),
+            &checkpoint::safetensors_bytes(&moments)?,
+        )?;
+        let state = TrainerState {
+            step: self.step,
+            total_steps: self.total_steps,
+            data_position: self.step_positions(self.step).start,
+            data_seed: self.config.seed,
+            data_fingerprint: self.fingerprint.clone(),
+            config: self.config.clone(),
+            last_loss: self.last_loss,
+        };
+        let json = serde_json::to_string_pretty(&state).expect("state serializes");
+        checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        checkpoint::write_atomic(&dir.join("latest"), name.as_bytes())?;
+        // Older checkpoints are superseded once `latest` points past them.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with("step-") && n != name {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
+        let state_path = path.join("trainer_state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|source| CheckpointError::Io {
+            path: state_path.clone(),
+            source,
+        })?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|e| CheckpointError::Format {
+                path: state_path.clone(),
+                message: e.to_string(),
+            })?;
+        let mismatch = |message: String| TrainError::Mismatch {
+            path: path.to_path_buf(),
+            message,
+        };
+        if state.data_fingerprint != self.fingerprint {
+            return Err(mismatch(
+                "the examples or the training config differ".into(),
+            ));
+        }
+        let weights = checkpoint::read_safetensors(&path.join("model.safetensors"))?;
+        let moments = checkpoint::read_safetensors(&path.join("optimizer.safetensors"))?;
+        tch::no_grad(|| -> Result<(), TrainError> {
+            for (i, (name, p)) in self.params.iter_mut().enumerate() {
+                let get = |map: &BTreeMap<String, Tensor>, key: String| {
+                    map.get(&key)
+                        .map(Tensor::shallow_clone)
+                        .ok_or_else(|| mismatch(format!("tensor `{key}` missing")))
+                };
+                p.copy_(&get(&weights, name.clone())?);
+                self.exp_avg[i].copy_(&get(&moments, format!("exp_avg.{name}"))?);
+                self.exp_avg_sq[i].copy_(&get(&moments, format!("exp_avg_sq.{name}"))?);
+            }
+            Ok(())
+        })?;
+        self.step = state.step;
+        self.resumed_from = state.step;
+        self.last_loss = state.last_loss;
+        Ok(())
+    }
+}
