@@ -187,7 +187,7 @@ fn malformed_jsonl_names_file_and_line_and_writes_nothing() {
         ),
         (
             "wrong type",
-            format!("{{\"gold\": [1], \"pred\": \"x\"}}\n"),
+            "{\"gold\": [1], \"pred\": \"x\"}\n".to_string(),
             ":1: field `gold` must be a string",
         ),
         (

@@ -130,7 +130,7 @@ fn knobs_are_respected() {
         for (a, op, b, c) in st {
             ops_seen.insert(op.clone());
             assert!(
-                a <= 60 && c <= 60 && c >= 1,
+                a <= 60 && (1..=60).contains(&c),
                 "{}: value out of 1..=60",
                 p.id
             );
