@@ -380,6 +380,7 @@ pub fn run(
                                     "cached",
                                     &format!("{}", manifest.output.short(12)),
                                 );
+                                let result = adopt(&shared, stage, result, (*manifest).clone())?;
                                 states[i] = Some(StageState::Cached {
                                     result,
                                     output: manifest.output,
@@ -463,6 +464,35 @@ pub fn run(
     display.flush();
     store.record_run(&run_id, &record)?;
     Ok(summary)
+}
+
+/// Make a cached result this pipeline stage's latest. The index's "latest result of (pipeline,
+/// stage)" drives `rise show STAGE`, `rise status` and gc's roots, so after reverting an edit (or
+/// reusing another pipeline's result) it must point at the result this run used, not at the
+/// newer one that no longer matches. The store has no "repoint latest" operation, so the
+/// manifest is re-committed under this pipeline and stage with a fresh `finished_at`: the same
+/// key and output, attributed to this run. Nothing is written when latest already matches
+/// (the no-op re-run case).
+fn adopt(
+    sh: &Shared<'_>,
+    stage: &ResolvedStage,
+    result: ResultId,
+    manifest: ResultManifest,
+) -> Result<ResultId, RunError> {
+    let pipeline = &sh.resolved.pipeline.name;
+    if sh.cache.latest_id(pipeline, &stage.name) == Some(result) {
+        return Ok(result);
+    }
+    let now = now_rfc3339();
+    let adopted = ResultManifest {
+        pipeline: pipeline.clone(),
+        stage: stage.name.clone(),
+        started_at: now.clone(),
+        finished_at: now,
+        run_id: sh.run_id.to_string(),
+        ..manifest
+    };
+    Ok(sh.store.commit_result(&adopted)?)
 }
 
 // A running stage is represented by `Some(NotRun)` until its thread reports back, so the

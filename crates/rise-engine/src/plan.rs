@@ -127,6 +127,13 @@ impl<'s> Cache<'s> {
         }
     }
 
+    /// The id of the last committed result of `stage` in `pipeline`, if any (no blob read).
+    pub fn latest_id(&self, pipeline: &str, stage: &str) -> Option<ResultId> {
+        self.latest
+            .get(&(pipeline.to_string(), stage.to_string()))
+            .copied()
+    }
+
     /// The last committed result of `stage` in `pipeline`, if any.
     pub fn latest(&self, pipeline: &str, stage: &str) -> Option<(ResultId, ResultManifest)> {
         let id = self
