@@ -476,6 +476,47 @@ mod tests {
     }
 
     #[test]
+    fn custom_field_map() {
+        let f = write(concat!(
+            r#"{"q": "What?", "sol": "so #### 12", "uid": 7, "src": "web", "hard": true, "tags": ["x"]}"#,
+            "\n"
+        ));
+        let map = FieldMap {
+            question: "q".into(),
+            solution: Some("sol".into()),
+            answer: None,
+            id: Some("uid".into()),
+            meta: vec![],
+            strip_calculator_annotations: false,
+        };
+        let p = load_jsonl(f.path(), &map).expect("loads");
+        assert_eq!((p[0].id.as_str(), p[0].answer.as_str()), ("7", "12"));
+        // Every other scalar field is kept; arrays are not.
+        assert_eq!(
+            p[0].meta,
+            BTreeMap::from([("hard".into(), "true".into()), ("src".into(), "web".into())])
+        );
+        let only_src = FieldMap {
+            meta: vec!["src".into()],
+            ..map.clone()
+        };
+        let p = load_jsonl(f.path(), &only_src).expect("loads");
+        assert_eq!(p[0].meta.len(), 1);
+        // A mapping that names a missing question field says which one.
+        let bad = FieldMap {
+            question: "prompt".into(),
+            ..map
+        };
+        let e = load_jsonl(f.path(), &bad).unwrap_err().to_string();
+        assert!(e.contains(":1: missing field `prompt`"), "{e}");
+        // Mappings come from pipeline configs: unknown keys are errors, not silently ignored.
+        let e = serde_json::from_str::<FieldMap>(r#"{"questions": "q"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("questions"), "{e}");
+    }
+
+    #[test]
     fn problems_round_trip() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("p.jsonl");
