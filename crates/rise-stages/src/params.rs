@@ -201,6 +201,9 @@ pub fn resolve(fields: &[Field], params: &Value) -> Result<Value, ParamError> {
     for f in fields {
         let path = format!("params.{}", f.name);
         let value = match (given.get(f.name), f.default) {
+            // An explicit null for an optional field: what resolving writes, so resolved
+            // params resolve to themselves.
+            (Some(Value::Null), Some("null")) => Value::Null,
             (Some(v), _) => check(f, v).map_err(|m| ParamError::new(&path, m))?,
             (None, None) => {
                 return Err(ParamError::new(
@@ -280,6 +283,12 @@ mod tests {
             r,
             json!({"lr": 1.0, "steps": 10, "mode": "a", "path": "x.jsonl", "note": null})
         );
+    }
+
+    #[test]
+    fn resolving_is_idempotent() {
+        let r = resolve(FIELDS, &json!({"path": "x.jsonl"})).unwrap();
+        assert_eq!(resolve(FIELDS, &r).unwrap(), r);
     }
 
     #[test]

@@ -77,6 +77,12 @@ fn run_spec(path: &Path) -> Result<()> {
             stage.version()
         );
     }
+    // The engine resolved the params; resolving again (a no-op on resolved params) guards
+    // against a spec written by a different build of the schemas.
+    let mut spec = spec;
+    spec.params = stage
+        .resolve_params(&spec.params)
+        .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.stage))?;
     std::fs::create_dir_all(&spec.out_dir)
         .with_context(|| format!("creating {}", spec.out_dir.display()))?;
     std::fs::create_dir_all(&spec.scratch_dir)
