@@ -23,17 +23,32 @@ fn noop_edit_and_revert() {
     assert_eq!(env.executed(), ["a", "b", "c", "d", "e"]);
 
     env.ok(&["run", p]);
-    assert_eq!(env.executed(), Vec::<String>::new(), "a no-op re-run executes nothing");
+    assert_eq!(
+        env.executed(),
+        Vec::<String>::new(),
+        "a no-op re-run executes nothing"
+    );
 
     env.write("p.toml", &pipeline(20));
     let plan = env.ok(&["plan", p]);
-    assert!(plan.contains("params.params.n: 2 -> 20"), "plan says why b runs:\n{plan}");
+    assert!(
+        plan.contains("params.params.n: 2 -> 20"),
+        "plan says why b runs:\n{plan}"
+    );
     env.ok(&["run", p]);
-    assert_eq!(env.executed(), ["b", "d"], "exactly the edited stage and its descendants");
+    assert_eq!(
+        env.executed(),
+        ["b", "d"],
+        "exactly the edited stage and its descendants"
+    );
 
     env.write("p.toml", &pipeline(2));
     env.ok(&["run", p]);
-    assert_eq!(env.executed(), Vec::<String>::new(), "reverting finds the old results");
+    assert_eq!(
+        env.executed(),
+        Vec::<String>::new(),
+        "reverting finds the old results"
+    );
 
     // The output of d carries both branches, in input-name order.
     let show = env.ok(&["show", "d", "--json"]);

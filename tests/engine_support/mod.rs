@@ -9,7 +9,9 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("temp dir") }
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -37,7 +39,9 @@ impl Env {
     pub fn rise(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rise"));
         cmd.arg("--store").arg(self.store()).args(args);
-        cmd.env("COUNTER", self.counter()).env_remove("RISE_STORE").env_remove("RISE_LOG");
+        cmd.env("COUNTER", self.counter())
+            .env_remove("RISE_STORE")
+            .env_remove("RISE_LOG");
         cmd.current_dir(self.dir.path());
         cmd
     }
@@ -72,10 +76,18 @@ impl Env {
 /// A shell stage that records its execution in $COUNTER, then writes `out.txt`: its inputs'
 /// `out.txt` contents followed by its own name and params.
 pub fn stage(name: &str, inputs: &[(&str, &str)], params: &str) -> String {
-    let ins: Vec<String> = inputs.iter().map(|(i, s)| format!("{i} = \"{s}\"")).collect();
+    let ins: Vec<String> = inputs
+        .iter()
+        .map(|(i, s)| format!("{i} = \"{s}\""))
+        .collect();
     let cats: String = inputs
         .iter()
-        .map(|(i, _)| format!("cat \"$RISE_IN_{}/out.txt\" >> \"$RISE_OUT/out.txt\"; ", i.to_uppercase()))
+        .map(|(i, _)| {
+            format!(
+                "cat \"$RISE_IN_{}/out.txt\" >> \"$RISE_OUT/out.txt\"; ",
+                i.to_uppercase()
+            )
+        })
         .collect();
     format!(
         "[stage.{name}]\nkind = \"shell\"\ninputs = {{ {} }}\nparams = {{ {params} }}\noutputs = [\"out.txt\"]\n\

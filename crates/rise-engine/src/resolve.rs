@@ -215,7 +215,7 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
         let resolved = match kind.resolve_params(&Value::Object(merged)) {
             Ok(v) => v,
             Err(err) => {
-                errors.push(param_error(&pipeline, def, &err));
+                errors.push(param_error(&pipeline, def, kind.fields(), &err));
                 continue;
             }
         };
@@ -228,6 +228,7 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
                 errors.push(param_error(
                     &pipeline,
                     def,
+                    kind.fields(),
                     &ParamError::new(path.clone(), "names a file but is not a string"),
                 ));
                 continue;
@@ -236,6 +237,7 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
                 errors.push(param_error(
                     &pipeline,
                     def,
+                    kind.fields(),
                     &ParamError::new(
                         path.clone(),
                         format!(
@@ -257,6 +259,7 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
                         errors.push(param_error(
                             &pipeline,
                             def,
+                            kind.fields(),
                             &ParamError::new(
                                 path.clone(),
                                 format!("cannot read `{}`: {e}", found.display()),
@@ -408,17 +411,20 @@ fn cycle_error(r: &Resolved, cycle: &[usize]) -> PipelineError {
 }
 
 /// Locate a stage's param error in the file.
-fn param_error(p: &Pipeline, def: &StageDef, err: &ParamError) -> PipelineError {
+fn param_error(p: &Pipeline, def: &StageDef, fields: &[&str], err: &ParamError) -> PipelineError {
     let src = p.source();
     let origin = &def.origin;
     let f = err.field.as_str();
     let head = f.split(['.', '[']).next().unwrap_or(f);
-    let candidates =
-        if f.starts_with("params.") || f == "params" || def.kind_fields.contains_key(head) {
-            vec![format!("{origin}.{f}")]
-        } else {
-            vec![format!("{origin}.params.{f}"), format!("{origin}.{f}")]
-        };
+    let candidates = if f.starts_with("params.")
+        || f == "params"
+        || def.kind_fields.contains_key(head)
+        || fields.contains(&head)
+    {
+        vec![format!("{origin}.{f}")]
+    } else {
+        vec![format!("{origin}.params.{f}"), format!("{origin}.{f}")]
+    };
     let field = candidates
         .iter()
         .find(|c| src.has(c))
