@@ -7,6 +7,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod generate;
+mod model_opts;
+mod score;
 mod stages;
 
 #[derive(Parser)]
@@ -26,6 +29,10 @@ enum Command {
     Doctor,
     /// Run one pipeline stage from the spec the engine wrote (progress as JSON lines on stdout).
     Stage(stages::Args),
+    /// Log-probabilities of sequences under a model (JSONL in, JSONL out).
+    Score(score::Args),
+    /// Sample completions from a model.
+    Generate(generate::Args),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +40,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Doctor => doctor::run(),
         Command::Stage(args) => stages::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }

@@ -1,0 +1,138 @@
+//! `rise-worker generate`: sample completions from a model.
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use rise_data::conversation::{ChatTemplate, Message, Role, TokenizeText};
+use rise_model::sampler::{self, SamplingParams};
+
+use crate::model_opts::ModelOpts;
+
+/// Sample completions for one or more prompts.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Without --chat the prompt is tokenized as-is (plus the tokenizer's BOS, as transformers does). \
+With --chat it becomes a user message rendered by the model's chat template \
+(tokenizer_config.json's chat_template, else rise's plain role markers), and the \
+template's end-of-turn strings are added to the stop strings.\n\n\
+Examples:\n  rise generate --model runs/sft --prompt 'What is 7 * 6?' --chat\n  \
+rise generate --model runs/sft --prompt 'Once upon a time' --n 4 --temperature 0.8 --json")]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// A prompt (repeat for a batch).
+    #[arg(long, required = true)]
+    pub prompt: Vec<String>,
+    /// Samples per prompt (they share one prefill).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Most new tokens per sample.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Random seed; the same seed gives the same samples on the CPU.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop a sample at this string (repeatable; the text excludes it).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Render the prompt as a chat user turn with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message for --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Print one JSON object per sample (prompt, sample, text, tokens, finish_reason).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (_, model, device) = args.model.load()?;
+    let tokenizer = args.model.tokenizer()?;
+    let mut stop = args.stop.clone();
+    let prompts: Vec<Vec<u32>> = if args.chat {
+        let template = tokenizer
+            .chat_template()
+            .context("compiling the chat template")?;
+        for s in template.stop_strings() {
+            if !stop.contains(&s) {
+                stop.push(s);
+            }
+        }
+        args.prompt
+            .iter()
+            .map(|p| {
+                let mut messages = Vec::new();
+                if let Some(s) = &args.system {
+                    messages.push(Message::new(Role::System, s.clone()));
+                }
+                messages.push(Message::new(Role::User, p.clone()));
+                let text = template
+                    .render(&messages, true)
+                    .context("rendering the chat template")?;
+                Ok(tokenizer.encode(&text))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        args.prompt
+            .iter()
+            .map(|p| {
+                tokenizer
+                    .encode_with(p, true)
+                    .context("tokenizing the prompt")
+            })
+            .collect::<Result<_>>()?
+    };
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        bail!("--prompt number {}: tokenizes to nothing", i + 1);
+    }
+    let params = SamplingParams {
+        n: args.n,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        max_new_tokens: args.max_new_tokens,
+        stop_strings: stop,
+        seed: args.seed,
+    };
+    let out = sampler::generate(&model, &tokenizer, &prompts, &params, device)?;
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    let single = out.len() == 1 && args.n == 1;
+    for (i, samples) in out.iter().enumerate() {
+        for (j, c) in samples.iter().enumerate() {
+            if args.json {
+                let line = serde_json::json!({
+                    "prompt": args.prompt[i],
+                    "prompt_index": i,
+                    "sample": j,
+                    "text": c.text,
+                    "tokens": c.tokens,
+                    "finish_reason": c.finish_reason,
+                });
+                writeln!(w, "{line}")?;
+            } else if single {
+                writeln!(w, "{}", c.text)?;
+            } else {
+                writeln!(
+                    w,
+                    "--- prompt {} sample {} ({:?})",
+                    i + 1,
+                    j + 1,
+                    c.finish_reason
+                )?;
+                writeln!(w, "{}", c.text)?;
+            }
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
