@@ -64,6 +64,40 @@ impl Store {
         }
     }
 
+    /// A cheap completeness check of artifact `id`: its tree reads (verified; it is small) and
+    /// every blob is present with the recorded size. Nothing is re-hashed, so this does not
+    /// detect flipped bytes; [`Store::verify_artifact`] does.
+    pub fn artifact_complete(&self, id: &ArtifactId) -> Result<()> {
+        let tree = self.read_tree(id)?;
+        for e in &tree.entries {
+            let path = self.blob_path(&e.blob);
+            match fs::metadata(&path) {
+                Ok(m) if m.len() == e.size => {}
+                Ok(m) => {
+                    return Err(StoreError::CorruptBlob {
+                        id: e.blob,
+                        path,
+                        detail: format!(
+                            "size {}, but tree entry {:?} records {}",
+                            m.len(),
+                            e.path,
+                            e.size
+                        ),
+                    })
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::MissingBlob {
+                        id: e.blob,
+                        path,
+                        context: format!(" (tree entry {:?})", e.path),
+                    })
+                }
+                Err(err) => return Err(StoreError::io("stat blob", &path)(err)),
+            }
+        }
+        Ok(())
+    }
+
     fn check_entry(&self, e: &TreeEntry) -> Result<()> {
         match self.check_blob(&e.blob) {
             Ok(size) if size == e.size => Ok(()),

@@ -393,30 +393,8 @@ impl Store {
             artifact: manifest.output,
             reason,
         };
-        let tree = self
-            .read_tree(&manifest.output)
+        self.artifact_complete(&manifest.output)
             .map_err(|e| incomplete(e.to_string()))?;
-        for e in &tree.entries {
-            let p = self.blob_path(&e.blob);
-            match fs::metadata(&p) {
-                Ok(m) if m.len() == e.size => {}
-                Ok(m) => {
-                    return Err(incomplete(format!(
-                        "blob {} of {:?} has {} bytes, expected {}",
-                        e.blob,
-                        e.path,
-                        m.len(),
-                        e.size
-                    )))
-                }
-                Err(_) => {
-                    return Err(incomplete(format!(
-                        "blob {} of {:?} is missing",
-                        e.blob, e.path
-                    )))
-                }
-            }
-        }
         for (name, input) in &manifest.inputs {
             if !self.has_blob(input) {
                 return Err(incomplete(format!(
@@ -486,6 +464,13 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|(a, ma), (b, mb)| ma.recency(a).cmp(&mb.recency(b)));
         Ok(out)
+    }
+
+    /// The whole index, brought up to date with every committed result first, read in one
+    /// transaction. Planning a large pipeline from this costs one index open instead of one per
+    /// stage.
+    pub fn current_index(&self) -> Result<IndexSnapshot> {
+        self.with_index(|ix| ix.snapshot())
     }
 
     /// The index exactly as stored, without repairing anything; `None` if there is no index

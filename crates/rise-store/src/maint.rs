@@ -150,9 +150,12 @@ pub struct GcReport {
     pub warnings: Vec<String>,
 }
 
+/// A blob file found under `objects/`: its id (from its name) and path.
+type ObjectFile = (BlobId, PathBuf);
+
 impl Store {
     /// Every blob present, as (id, path); names that are not blob ids are returned separately.
-    fn list_objects(&self) -> Result<(Vec<(BlobId, PathBuf)>, Vec<PathBuf>)> {
+    fn list_objects(&self) -> Result<(Vec<ObjectFile>, Vec<PathBuf>)> {
         let objects = self.root.join("objects");
         let mut blobs = Vec::new();
         let mut stray = Vec::new();

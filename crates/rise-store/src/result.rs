@@ -163,7 +163,7 @@ mod tests {
         let bytes = m.to_canonical_bytes().unwrap();
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(
-            text.contains(r#"{"z":1,"a":2}"#) == false && text.contains(r#"{"a":2,"z":1}"#),
+            !text.contains(r#"{"z":1,"a":2}"#) && text.contains(r#"{"a":2,"z":1}"#),
             "{text}"
         );
         assert!(

@@ -54,6 +54,49 @@ fn commit_then_lookup_latest_and_producer() {
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{report:#?}");
     assert_eq!(report.results_checked, 3);
+
+    let many = store
+        .lookup_many(&[StageKey([2; 32]), StageKey([9; 32]), StageKey([1; 32])])
+        .unwrap();
+    let ids: Vec<_> = many.iter().map(|r| r.as_ref().map(|(id, _)| *id)).collect();
+    assert_eq!(ids, vec![Some(r2), None, Some(r1)]);
+    let index = store.current_index().unwrap();
+    assert_eq!(index.results.len(), 3);
+    assert_eq!(
+        index.latest.get(&("p".to_string(), "train".to_string())),
+        Some(&r2)
+    );
+    assert_eq!(index, store.index_snapshot().unwrap().unwrap());
+}
+
+#[test]
+fn artifact_complete_checks_presence_and_size_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let a = artifact(
+        &store,
+        tmp.path(),
+        "a",
+        &[("x", b"0123456789"), ("y", b"abc")],
+    );
+    store.artifact_complete(&a).unwrap();
+    let tree = store.read_tree(&a).unwrap();
+    let x = tree.get("x").unwrap().blob;
+    common::damage(&store.blob_path(&x), |b| b[0] ^= 1);
+    store.artifact_complete(&a).unwrap(); // same size: only a re-hash notices
+    assert!(store.verify_artifact(&a).is_err());
+    common::damage(&store.blob_path(&x), |b| b.truncate(3));
+    let err = store.artifact_complete(&a).unwrap_err().to_string();
+    assert!(
+        err.contains(&x.to_string()) && err.contains("\"x\""),
+        "{err}"
+    );
+    std::fs::remove_file(store.blob_path(&tree.get("y").unwrap().blob)).unwrap();
+    std::fs::remove_file(store.blob_path(&x)).unwrap();
+    assert!(matches!(
+        store.artifact_complete(&a),
+        Err(StoreError::MissingBlob { .. })
+    ));
 }
 
 #[test]
