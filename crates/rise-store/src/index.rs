@@ -351,7 +351,10 @@ impl Store {
                 Ok(m) => ix.apply(id, &m)?,
                 // Left out of the index; `verify` reports it, and it is retried every time.
                 Err(e) if e.is_corruption() => {
-                    tracing::warn!("not indexing committed result {id}: {e}")
+                    let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+                    if warned.insert(*id) {
+                        tracing::warn!("not indexing committed result {id}: {e}");
+                    }
                 }
                 Err(e) => return Err(e),
             }

@@ -146,6 +146,8 @@ pub struct GcReport {
     pub removed_scratch: Vec<StageKey>,
     /// Scratch directories kept: resumable work of uncommitted stages, or locked.
     pub kept_scratch: Vec<StageKey>,
+    /// Lock files of stage keys nobody holds, deleted (one accumulates per key ever locked).
+    pub removed_lock_files: usize,
     /// Things that could not be read while marking (their blobs are kept).
     pub warnings: Vec<String>,
 }
@@ -549,7 +551,32 @@ impl Store {
         for (p, _lock) in &doomed_scratch {
             remove_dir_all_force(p)?;
         }
+        drop(doomed_scratch);
+        report.removed_lock_files = self.remove_idle_key_locks()?;
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Deletes `locks/keys/*.lock` files that nobody holds. Safe against racing lockers: each
+    /// is deleted while we hold it, and a locker that locked the old inode notices that the path
+    /// no longer names it and locks afresh (see `lock::acquire`).
+    fn remove_idle_key_locks(&self) -> Result<usize> {
+        let dir = self.root.join("locks").join("keys");
+        let mut removed = 0;
+        for e in fs::read_dir(&dir)
+            .map_err(StoreError::io("list", &dir))?
+            .flatten()
+        {
+            let path = e.path();
+            if let Some(held) = lock::acquire(&path, Mode::Exclusive, false, &mut |_| {})? {
+                if fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
+                drop(held);
+            }
+        }
+        Ok(removed)
     }
 }
 

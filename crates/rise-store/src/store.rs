@@ -20,6 +20,9 @@ pub struct Store {
     pub(crate) root: PathBuf,
     session: Mutex<Option<Arc<Session>>>,
     counter: AtomicU64,
+    /// Damaged committed results already warned about by this handle (warn once, not per
+    /// index transaction).
+    pub(crate) warned: Mutex<std::collections::BTreeSet<crate::id::ResultId>>,
 }
 
 /// This process's staging directory `tmp/<name>/`, alive while `tmp/<name>.lock` is locked.
@@ -80,6 +83,7 @@ impl Store {
             root,
             session: Mutex::new(None),
             counter: AtomicU64::new(0),
+            warned: Mutex::new(Default::default()),
         };
         store.clean_stale_tmp()?;
         Ok(store)
@@ -423,9 +427,30 @@ impl Store {
     }
 }
 
+/// Top-level names a store may contain; a directory holding only these (and no `STORE`) is a
+/// store whose initialisation was interrupted or is under way in another process.
+const LAYOUT: [&str; 12] = [
+    "objects",
+    "results",
+    "pins",
+    "runs",
+    "checkouts",
+    "scratch",
+    "logs",
+    "tmp",
+    "locks",
+    "index",
+    "index.lock",
+    "run.lock",
+];
+
 fn init_layout(root: &Path) -> Result<()> {
-    if let Ok(mut rd) = fs::read_dir(root) {
-        if rd.next().is_some() {
+    if let Ok(rd) = fs::read_dir(root) {
+        let foreign = rd.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !LAYOUT.contains(&name.as_str()) && !name.starts_with("STORE.")
+        });
+        if foreign {
             return Err(StoreError::Io {
                 op: "open store",
                 path: root.to_path_buf(),
@@ -556,7 +581,11 @@ mod tests {
         assert!(err.contains("not a rise store"), "{err}");
 
         let root = dir.path().join("s");
+        // An interrupted initialisation (layout but no STORE marker) is completed, not refused.
+        fs::create_dir_all(root.join("objects/00")).unwrap();
+        fs::create_dir_all(root.join("tmp")).unwrap();
         let store = Store::open(&root).unwrap();
+        assert!(root.join("STORE").is_file());
         // A staging dir with no lock file, and one whose lock is free: both from dead writers.
         fs::create_dir_all(root.join("tmp/wdead/sub")).unwrap();
         fs::write(root.join("tmp/wdead/sub/x"), "x").unwrap();

@@ -167,6 +167,10 @@ fn gc_keeps_roots_lineage_and_pins_and_deletes_the_rest() {
     assert_eq!(report.removed_results, vec![r_stale]);
     assert_eq!(report.removed_scratch, vec![StageKey([4; 32])]);
     assert_eq!(report.kept_scratch, vec![StageKey([9; 32])]);
+    assert_eq!(
+        report.removed_lock_files, 2,
+        "the idle lock files of both scratch keys"
+    );
     assert!(report.removed_blobs >= 3, "{report:#?}"); // orphan, stale tree, stale content, stale manifest
     assert!(!store.has_blob(&orphan) && !store.has_blob(&stale) && !store.has_blob(&r_stale));
     for a in [data_old, data_new, model, pinned] {
