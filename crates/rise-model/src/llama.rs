@@ -9,6 +9,7 @@
 //! master weights and casts them per use, which is what CUDA autocast would do, but with bf16
 //! (tch's autocast switch only enables the fp16 default) and without global state.
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::nn::Init;
 use tch::{nn, Device, Kind, Tensor};
@@ -50,6 +51,8 @@ pub struct Llama {
     inv_freq: Tensor,
     compute_kind: Kind,
     device: Device,
+    /// Set once the CUDA memory-efficient kernel refused our inputs, so it is not retried.
+    efficient_unusable: AtomicBool,
 }
 
 /// A preallocated key/value cache: per layer `[batch, kv_heads, capacity, head_dim]`.
@@ -304,6 +307,7 @@ impl Llama {
             inv_freq: rope_inv_freq(cfg, device),
             compute_kind: vs.kind(),
             device,
+            efficient_unusable: AtomicBool::new(false),
         }
     }
 
@@ -398,23 +402,20 @@ impl Llama {
             None => Tensor::scaled_dot_product_attention::<Tensor>(
                 q, &k, &v, None, 0.0, causal, None, false,
             ),
-            Some(mask) => {
-                if self.device.is_cuda() {
+            Some(bias) => {
+                if self.device.is_cuda() && !self.efficient_unusable.load(Ordering::Relaxed) {
                     // libtorch's default choice for masked decode on H100 is cuDNN attention,
                     // which costs ~2.6 ms of CPU per call; the memory-efficient kernel does not.
-                    if let Some(out) = efficient_attention(q, &k, &v, mask) {
-                        return out;
+                    match efficient_attention(q, &k, &v, bias) {
+                        Some(out) => return out,
+                        None => self.efficient_unusable.store(true, Ordering::Relaxed),
                     }
                 }
-                // An additive float mask: the math kernel's handling of boolean masks is not
-                // part of its documented contract, an additive bias is.
-                let bias = Tensor::zeros(mask.size(), (q.kind(), q.device()))
-                    .masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
                 Tensor::internal_scaled_dot_product_attention_math::<Tensor>(
                     q,
                     &k,
                     &v,
-                    Some(bias),
+                    Some(bias.shallow_clone()),
                     0.0,
                     false,
                     None,
@@ -459,7 +460,11 @@ impl Llama {
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         let cos = emb.cos().to_kind(kind).unsqueeze(1);
         let sin = emb.sin().to_kind(kind).unsqueeze(1);
-        let mask = self.attention_mask(t, past, attention_mask);
+        // An additive bias, built once per call: the math kernel's handling of boolean masks
+        // is not part of its contract (it gave wrong results here), an additive bias is.
+        let mask = self
+            .attention_mask(t, past, attention_mask)
+            .map(|m| additive_bias(&m, kind));
         let causal = past == 0 || t > 1;
 
         let (nh, nkv, d) = (
@@ -530,15 +535,27 @@ fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
         .reshape([b, kv * groups, s, d])
 }
 
+/// `0` where `allowed`, `-inf` elsewhere, `[b, 1, t, s]` in `kind`. The storage's last
+/// dimension is padded to a multiple of 16 because the CUDA memory-efficient kernel requires
+/// an aligned bias stride; the view has the true width.
+fn additive_bias(allowed: &Tensor, kind: Kind) -> Tensor {
+    let size = allowed.size();
+    let s = size[3];
+    let padded = (s + 15) / 16 * 16;
+    let mut bias = Tensor::zeros(
+        [size[0], size[1], size[2], padded],
+        (kind, allowed.device()),
+    )
+    .narrow(3, 0, s);
+    let _ = bias.masked_fill_(&allowed.logical_not(), f64::NEG_INFINITY);
+    bias
+}
+
 /// CUDA memory-efficient attention with an additive bias; `None` if the kernel refuses the
-/// inputs (dtype, alignment), in which case the caller uses the math path.
-fn efficient_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Option<Tensor> {
+/// inputs (dtype, alignment), after which the caller uses the math kernel.
+fn efficient_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Option<Tensor> {
     let (b, h, t, _) = q.size4().ok()?;
     let s = k.size()[2];
-    // The kernel wants the bias's last-dim stride aligned to 16 elements: allocate padded, then view.
-    let padded = (s + 15) / 16 * 16;
-    let mut bias = Tensor::zeros([b, 1, t, padded], (q.kind(), q.device())).narrow(-1, 0, s);
-    let _ = bias.masked_fill_(&mask.logical_not(), f64::NEG_INFINITY);
     let bias = bias.expand([b, h, t, s], false);
     Tensor::f_internal_scaled_dot_product_efficient_attention(
         q,
