@@ -228,3 +228,172 @@ impl KeyFields<'_> {
         StageKey(blake3::derive_key(CONTEXT, &self.encode()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn canon() -> impl Strategy<Value = Canon> {
+        let leaf = prop_oneof![
+            Just(Canon::Null),
+            any::<bool>().prop_map(Canon::Bool),
+            any::<i64>().prop_map(Canon::Int),
+            (i64::MAX as u64 + 1..=u64::MAX).prop_map(Canon::UInt),
+            any::<f64>().prop_map(Canon::Float),
+            "[a-z\\\\\"\u{0}-\u{7f}é]{0,6}".prop_map(Canon::Str),
+            any::<[u8; 32]>().prop_map(Canon::File),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Canon::Array),
+                prop::collection::btree_map("[a-c]{0,3}", inner, 0..4).prop_map(Canon::Map),
+            ]
+        })
+    }
+
+    /// Equality as the key sees it: floats by canonical bits.
+    fn same(a: &Canon, b: &Canon) -> bool {
+        match (a, b) {
+            (Canon::Float(x), Canon::Float(y)) => canonical_f64_bits(*x) == canonical_f64_bits(*y),
+            (Canon::Array(x), Canon::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+            }
+            (Canon::Map(x), Canon::Map(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
+            }
+            _ => a == b,
+        }
+    }
+
+    fn enc(c: &Canon) -> Vec<u8> {
+        let mut out = Vec::new();
+        c.encode(&mut out);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn distinct_values_never_encode_alike(a in canon(), b in canon()) {
+            prop_assert_eq!(same(&a, &b), enc(&a) == enc(&b), "{:?} vs {:?}", a, b);
+        }
+
+        #[test]
+        fn distinct_key_fields_never_collide(
+            kind_a in "[a-z]{1,4}", kind_b in "[a-z]{1,4}",
+            va in 0u32..3, vb in 0u32..3,
+            pa in canon(), pb in canon(),
+            ia in prop::collection::btree_map("[a-c]{1,2}", any::<[u8; 32]>(), 0..3),
+            ib in prop::collection::btree_map("[a-c]{1,2}", any::<[u8; 32]>(), 0..3),
+            sa in 0u64..3, sb in 0u64..3,
+        ) {
+            let ia: BTreeMap<String, ArtifactId> = ia.into_iter().map(|(k, v)| (k, rise_store::BlobId(v))).collect();
+            let ib: BTreeMap<String, ArtifactId> = ib.into_iter().map(|(k, v)| (k, rise_store::BlobId(v))).collect();
+            let a = KeyFields { kind: &kind_a, kind_version: va, params: &pa, inputs: &ia, seed: sa };
+            let b = KeyFields { kind: &kind_b, kind_version: vb, params: &pb, inputs: &ib, seed: sb };
+            let equal = kind_a == kind_b && va == vb && same(&pa, &pb) && ia == ib && sa == sb;
+            prop_assert_eq!(equal, a.encode() == b.encode());
+            prop_assert_eq!(equal, a.key() == b.key());
+        }
+
+        /// Writing a TOML table's keys in any order gives the same key.
+        #[test]
+        fn toml_key_order_does_not_matter(
+            entries in prop::collection::btree_map("[a-e]{1,3}", (any::<i32>(), any::<bool>(), "[a-z]{0,4}", -1e6f64..1e6), 1..6),
+            seed in any::<u64>(),
+        ) {
+            let lines: Vec<String> = entries
+                .iter()
+                .map(|(k, (i, b, s, f))| format!("{k} = {{ i = {i}, b = {b}, s = \"{s}\", f = {f:e} }}"))
+                .collect();
+            let mut reversed = lines.clone();
+            reversed.reverse();
+            let inner_reversed: Vec<String> = entries
+                .iter()
+                .map(|(k, (i, b, s, f))| format!("{k} = {{ f = {f:e}, s = \"{s}\", b = {b}, i = {i} }}"))
+                .collect();
+            let key_of = |body: &[String]| {
+                let table: toml::Table = toml::from_str(&body.join("\n")).unwrap();
+                let json = serde_json::to_value(&table).unwrap();
+                let params = Canon::from_json(&json);
+                let inputs = BTreeMap::new();
+                KeyFields { kind: "k", kind_version: 1, params: &params, inputs: &inputs, seed }.key()
+            };
+            let k = key_of(&lines);
+            prop_assert_eq!(k, key_of(&reversed));
+            prop_assert_eq!(k, key_of(&inner_reversed));
+        }
+    }
+
+    #[test]
+    fn floats_by_value() {
+        assert_eq!(enc(&Canon::Float(-0.0)), enc(&Canon::Float(0.0)));
+        assert_eq!(enc(&Canon::Float(f64::NAN)), enc(&Canon::Float(-f64::NAN)));
+        assert_ne!(enc(&Canon::Float(1.0)), enc(&Canon::Int(1)));
+        // 1e-3 and 0.001 are the same float, whatever the text.
+        let a: toml::Table = toml::from_str("x = 1e-3").unwrap();
+        let b: toml::Table = toml::from_str("x = 0.001").unwrap();
+        assert_eq!(
+            Canon::from_json(&serde_json::to_value(a).unwrap()),
+            Canon::from_json(&serde_json::to_value(b).unwrap())
+        );
+    }
+
+    #[test]
+    fn replace_file_params_by_path() {
+        let mut c = Canon::from_json(&serde_json::json!({"a": {"b": ["x", "y"]}}));
+        assert!(c.replace("a.b[1]", Canon::File([7; 32])));
+        assert!(!c.replace("a.c", Canon::Null));
+        let expect = Canon::Map(
+            [(
+                "a".to_string(),
+                Canon::Map(
+                    [(
+                        "b".to_string(),
+                        Canon::Array(vec![Canon::Str("x".into()), Canon::File([7; 32])]),
+                    )]
+                    .into(),
+                ),
+            )]
+            .into(),
+        );
+        assert_eq!(c, expect);
+    }
+
+    #[test]
+    fn key_is_stable() {
+        // Changing this value means every cache key changed: bump KEY_SCHEME_VERSION instead.
+        let params = Canon::from_json(&serde_json::json!({"n": 10, "lr": 0.001, "name": "x"}));
+        let inputs = [("data".to_string(), rise_store::BlobId([1; 32]))].into();
+        let k = KeyFields {
+            kind: "shell",
+            kind_version: 1,
+            params: &params,
+            inputs: &inputs,
+            seed: 1,
+        }
+        .key();
+        assert_eq!(k.to_string().len(), 64);
+        let again = KeyFields {
+            kind: "shell",
+            kind_version: 1,
+            params: &params,
+            inputs: &inputs,
+            seed: 1,
+        }
+        .key();
+        assert_eq!(k, again);
+        let other = KeyFields {
+            kind: "shell",
+            kind_version: 1,
+            params: &params,
+            inputs: &inputs,
+            seed: 2,
+        }
+        .key();
+        assert_ne!(k, other);
+    }
+}

@@ -257,9 +257,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             r,
-            json!({"cmd": "echo", "outputs": ["a/b.txt"], "params": {"n": 3, "name": "x"}})
+            json!({"cmd": "echo", "outputs": ["a/b.txt"], "deps": [], "params": {"n": 3, "name": "x"}})
         );
         assert_eq!(ShellStage.declared_outputs(&r), vec!["a/b.txt".to_string()]);
+        let r = ShellStage
+            .resolve_params(&json!({"cmd": "x", "deps": ["a.py", "b.py"]}))
+            .unwrap();
+        assert_eq!(
+            ShellStage.file_params(&r),
+            vec!["deps[0]".to_string(), "deps[1]".to_string()]
+        );
+        let err = ShellStage
+            .resolve_params(&json!({"cmd": "x", "deps": [3]}))
+            .unwrap_err();
+        assert_eq!(err.field, "deps[0]");
     }
 
     #[test]
