@@ -150,7 +150,7 @@ impl Store {
         // Stage next to dest (same file system) so the final step is one atomic rename.
         let staging = parent.join(format!(".{name}.rise-partial-{}", std::process::id()));
         let _ = remove_dir_all_force(&staging);
-        let result = self.materialize_into(id, &staging, false).and_then(|_| {
+        let result = self.materialize_into(id, &staging).and_then(|_| {
             fs::rename(&staging, dest).map_err(StoreError::io("rename into place", dest))?;
             sync_parent(dest)
         });
@@ -160,9 +160,12 @@ impl Store {
         result
     }
 
-    /// Materialises into a fresh directory `dir`. `readonly_dirs` also makes directories
-    /// read-only (checkouts), after all files are in.
-    fn materialize_into(&self, id: &ArtifactId, dir: &Path, readonly_dirs: bool) -> Result<()> {
+    /// Materialises into a fresh directory `dir`.
+    ///
+    /// Files are read-only; directories stay writable on purpose: a read-only directory cannot
+    /// be removed by `rm -rf` (or a test's temp-dir cleanup) without `chmod` for users other
+    /// than root. Extra files dropped into a checkout are caught by `verify`.
+    fn materialize_into(&self, id: &ArtifactId, dir: &Path) -> Result<()> {
         let tree = self.read_tree(id)?;
         fs::create_dir(dir).map_err(StoreError::io("create directory", dir))?;
         let mut dirs = vec![dir.to_path_buf()];
@@ -189,10 +192,6 @@ impl Store {
         dirs.dedup();
         for d in dirs.iter().rev() {
             sync_dir(d)?;
-            if readonly_dirs {
-                fs::set_permissions(d, fs::Permissions::from_mode(0o555))
-                    .map_err(StoreError::io("set permissions of", d))?;
-            }
         }
         Ok(())
     }
@@ -231,7 +230,7 @@ impl Store {
             .map_err(StoreError::io("sync", &dest))
     }
 
-    /// A read-only checkout of artifact `id` under `checkouts/<id>/`, materialised (verified) and
+    /// A checkout (read-only files) of artifact `id` under `checkouts/<id>/`, materialised (verified) and
     /// renamed into place atomically on first use, then reused. Concurrent first uses are safe:
     /// one rename wins, the others discard their copy.
     pub fn artifact_path(&self, id: &ArtifactId) -> Result<std::path::PathBuf> {
@@ -240,7 +239,7 @@ impl Store {
             return Ok(dest);
         }
         let staging = self.tmp_path("checkout")?;
-        let result = self.materialize_into(id, &staging, true);
+        let result = self.materialize_into(id, &staging);
         if let Err(e) = result {
             let _ = remove_dir_all_force(&staging);
             return Err(e);
@@ -263,7 +262,19 @@ impl Store {
 
     /// Removes the checkout of `id`, if any (it is recreated on next use).
     pub fn remove_checkout(&self, id: &ArtifactId) -> Result<()> {
-        remove_dir_all_force(&self.checkout_path(id))
+        self.discard_dir(&self.checkout_path(id))
+    }
+
+    /// Removes a directory that others may trust if present (a checkout): first renamed into
+    /// staging in one atomic step, then deleted, so a crash mid-delete never leaves a partial
+    /// checkout under its real name (staging leftovers are cleaned at the next open).
+    pub(crate) fn discard_dir(&self, dir: &Path) -> Result<()> {
+        let staging = self.tmp_path("discard")?;
+        match fs::rename(dir, &staging) {
+            Ok(()) => remove_dir_all_force(&staging),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("move aside for deletion", dir)(e)),
+        }
     }
 
     /// Compares checkout `dir` with tree `tree`: the problems found (empty if it matches).
@@ -381,7 +392,17 @@ mod tests {
         assert_eq!(co, s.root().join("checkouts").join(id.to_hex()));
         assert_eq!(s.artifact_path(&id).unwrap(), co);
         assert!(s.check_checkout(&co, &tree).is_empty());
-        assert!(fs::write(co.join("new-file"), b"x").is_err() || nix_is_root());
+        if !nix_is_root() {
+            assert!(
+                fs::write(co.join("a.txt"), b"x").is_err(),
+                "checkout files are read-only"
+            );
+        }
+        fs::write(co.join("new-file"), b"x").unwrap();
+        assert_eq!(
+            s.check_checkout(&co, &tree),
+            vec!["extra file \"new-file\"".to_string()]
+        );
         s.remove_checkout(&id).unwrap();
         assert!(!co.exists());
     }

@@ -12,7 +12,7 @@
 //! index.lock            serialises every use of the index
 //! pins/<name>           an artifact id kept alive by gc
 //! runs/<run id>.json    run records
-//! checkouts/<id>/       read-only materialised artifacts (cache)
+//! checkouts/<id>/       materialised artifacts with read-only files (cache)
 //! scratch/<key>/        a stage's resumable in-progress state
 //! logs/                 per-run and per-stage logs
 //! locks/keys/<key>.lock per-stage-key locks; locks/runs/ records who holds run.lock

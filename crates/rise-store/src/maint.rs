@@ -546,7 +546,7 @@ impl Store {
             }
         }
         for p in &doomed_checkouts {
-            remove_dir_all_force(p)?;
+            self.discard_dir(p)?;
         }
         for (p, _lock) in &doomed_scratch {
             remove_dir_all_force(p)?;

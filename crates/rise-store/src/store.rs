@@ -532,8 +532,8 @@ pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     }
 }
 
-/// `remove_dir_all` that also removes read-only directories (checkouts are made read-only),
-/// for users who are not root.
+/// `remove_dir_all` that also copes with read-only directories (a stage may leave some in
+/// its scratch directory), for users who are not root.
 pub(crate) fn remove_dir_all_force(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),

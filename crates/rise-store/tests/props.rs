@@ -76,7 +76,7 @@ fn read_back(dir: &Path) -> BTreeMap<String, (Vec<u8>, bool)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn put_get_round_trip(tree in tree_strategy()) {
