@@ -5,7 +5,7 @@
 //! [`Cache`]; on a miss it takes the key's lock (so two runs on one store execute a stage once),
 //! re-checks the live index, runs the stage into a fresh staging directory, verifies declared
 //! outputs, hashes them into the store, commits the result and removes the stage's scratch.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -261,6 +261,8 @@ struct Shared<'a> {
     run_id: &'a str,
     threads: usize,
     host: String,
+    /// Output directories of stages this run executed, by artifact.
+    out_dirs: Mutex<HashMap<ArtifactId, PathBuf>>,
 }
 
 /// Run `resolved` on `store`. Stage failures are reported in the summary, not as `Err`.
@@ -321,6 +323,7 @@ pub fn run(
         run_id: &run_id,
         threads: opts.threads.unwrap_or((cores / jobs).max(1)),
         host: hostname(),
+        out_dirs: Mutex::new(HashMap::new()),
     };
 
     let mut states: Vec<Option<StageState>> = vec![None; n];
@@ -545,6 +548,30 @@ fn execute(
     }
 }
 
+/// Files 0444 (0555 if executable), directories 0555. Best effort: a failure only weakens the
+/// protection of a directory that is about to be read.
+fn make_read_only(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            make_read_only(&path);
+        } else if meta.is_file() {
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o555
+            } else {
+                0o444
+            };
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+        }
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555));
+}
+
 fn store_err(e: StoreError) -> StageError {
     StageError::with_source(e.to_string(), e)
 }
@@ -556,6 +583,7 @@ fn execute_inner(
     inputs: BTreeMap<String, ArtifactId>,
     log_path: &Path,
 ) -> Result<StageState, StageError> {
+    let t_phase = Instant::now();
     let pipeline = &sh.resolved.pipeline.name;
     let what = format!("rise run {pipeline}: stage {}", stage.name);
     let _lock = sh
@@ -567,6 +595,7 @@ fn execute_inner(
             sh.display.waiting(&stage.name, &who);
         })
         .map_err(store_err)?;
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: key locked");
     // Another run may have committed this key while we waited for its lock.
     if let CacheCheck::Hit { result, manifest } = sh.cache.check_live(&key).map_err(store_err)? {
         sh.display.finished(
@@ -579,6 +608,7 @@ fn execute_inner(
             output: manifest.output,
         });
     }
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: live lookup done");
     if sh.opts.cancel.load(Ordering::SeqCst) {
         return Err(StageError::cancelled());
     }
@@ -591,12 +621,18 @@ fn execute_inner(
     let out_dir = std::path::absolute(sh.store.staging_dir("out").map_err(store_err)?)?;
     let mut input_dirs = BTreeMap::new();
     for (name, id) in &inputs {
+        let produced_here = sh.out_dirs.lock().ok().and_then(|d| d.get(id).cloned());
+        if let Some(dir) = produced_here {
+            input_dirs.insert(name.clone(), dir);
+            continue;
+        }
         let dir = sh
             .store
             .artifact_path(id)
             .map_err(|e| StageError::msg(format!("input {name}: {e}")))?;
         input_dirs.insert(name.clone(), std::path::absolute(dir)?);
     }
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: dirs and inputs ready");
     if let Some(parent) = log_path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -638,6 +674,7 @@ fn execute_inner(
         progress: progress.clone(),
         cancel: sh.opts.cancel.clone(),
     };
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: log and context ready");
     sh.display.started(&stage.name, &stage.kind);
     let started_at = now_rfc3339();
     let t0 = Instant::now();
@@ -709,6 +746,7 @@ fn execute_inner(
             }
         }
     }
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: command finished");
     ctx.check_cancelled()?;
     for declared in &stage.outputs {
         if !out_dir.join(declared).exists() {
@@ -718,6 +756,7 @@ fn execute_inner(
         }
     }
     let output = sh.store.put_tree(&out_dir).map_err(store_err)?;
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: outputs hashed");
     let metrics = metrics.lock().map(|m| m.clone()).unwrap_or_default();
     let manifest = ResultManifest {
         key,
@@ -739,14 +778,26 @@ fn execute_inner(
     // Last chance to stop without a commit.
     ctx.check_cancelled()?;
     let result = sh.store.commit_result(&manifest).map_err(store_err)?;
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: committed");
     sh.cache.mark_valid(output);
-    if let Err(e) = sh.store.remove_scratch(&key) {
+    sh.cache.mark_committed(result);
+    // An untouched scratch directory is just an empty directory: rmdir it directly and leave
+    // anything else to the store.
+    if std::fs::remove_dir(&ctx.scratch_dir).is_ok() {
+    } else if let Err(e) = sh.store.remove_scratch(&key) {
         tracing::warn!(
             "stage {}: committed, but removing its scratch failed: {e}",
             stage.name
         );
     }
-    let _ = std::fs::remove_dir_all(&out_dir);
+    // Downstream stages of this run read this directory instead of a fresh checkout of the
+    // same artifact (which would copy and fsync every file again). Read-only, like checkouts;
+    // it goes with the process's staging area.
+    make_read_only(&out_dir);
+    if let Ok(mut dirs) = sh.out_dirs.lock() {
+        dirs.insert(output, out_dir.clone());
+    }
+    tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: scratch removed");
     let seconds = t0.elapsed().as_secs_f64();
     log.line(&format!(
         "# committed result {result}, output {output}, {seconds:.3}s"
@@ -789,6 +840,7 @@ pub fn run_single(
         run_id: &run_id,
         threads: opts.threads.unwrap_or(cores),
         host: hostname(),
+        out_dirs: Mutex::new(HashMap::new()),
     };
     let key = stage_key(&resolved.stages[stage], &inputs);
     Ok(execute(&shared, stage, key, inputs))

@@ -1,6 +1,6 @@
 //! What a run would do: each stage's key, whether a valid result exists, and why a stage must
 //! run (which key fields differ from its last committed result).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use rise_store::{ArtifactId, ResultId, ResultManifest, StageKey, Store, StoreError};
@@ -17,6 +17,11 @@ pub struct Cache<'s> {
     by_key: BTreeMap<StageKey, ResultId>,
     latest: BTreeMap<(String, String), ResultId>,
     verified: Mutex<HashMap<ArtifactId, Option<String>>>,
+    /// Committed results this view knows of: the snapshot's, plus this run's commits, plus
+    /// those found by [`Cache::check_live`].
+    known: Mutex<BTreeSet<ResultId>>,
+    /// Keys of results committed since the snapshot (by other processes or this run).
+    seen: Mutex<BTreeMap<StageKey, ResultId>>,
 }
 
 /// The outcome of looking a key up.
@@ -50,6 +55,8 @@ impl<'s> Cache<'s> {
             by_key: snapshot.by_key,
             latest: snapshot.latest,
             verified: Mutex::new(HashMap::new()),
+            known: Mutex::new(snapshot.results),
+            seen: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -66,16 +73,65 @@ impl<'s> Cache<'s> {
         }
     }
 
-    /// Look `key` up in the live index (after taking the key's lock: another process may have
-    /// committed it since the snapshot).
+    /// Look `key` up among results committed since the snapshot (call it holding the key's
+    /// lock: another process may have committed the key meanwhile).
+    ///
+    /// A result is committed when its marker `results/<id>` exists (the store's commit point,
+    /// written before the committing process releases the key lock), so listing that directory
+    /// and reading only the manifests this view has not seen is exact, and far cheaper than an
+    /// index transaction per stage. If the directory cannot be listed, the index is asked.
     pub fn check_live(&self, key: &StageKey) -> Result<CacheCheck, StoreError> {
-        match self.store.lookup(key) {
-            Ok(None) => Ok(CacheCheck::Miss),
-            Ok(Some((id, manifest))) => Ok(self.judge(id, manifest)),
-            Err(e) if e.is_corruption() => Ok(CacheCheck::Invalid {
-                problem: e.to_string(),
-            }),
-            Err(e) => Err(e),
+        let Some(new) = self.new_markers() else {
+            return match self.store.lookup(key) {
+                Ok(None) => Ok(CacheCheck::Miss),
+                Ok(Some((id, manifest))) => Ok(self.judge(id, manifest)),
+                Err(e) if e.is_corruption() => Ok(CacheCheck::Invalid {
+                    problem: e.to_string(),
+                }),
+                Err(e) => Err(e),
+            };
+        };
+        for id in new {
+            match self.store.read_result(&id) {
+                Ok(manifest) => {
+                    // Remember every key seen, not only this one: a later check for another key
+                    // will not list this marker as new again.
+                    if let Ok(mut seen) = self.seen.lock() {
+                        seen.insert(manifest.key, id);
+                    }
+                    self.mark_committed(id);
+                }
+                // A damaged foreign manifest is not ours to judge here; audit reports it.
+                Err(e) if e.is_corruption() => self.mark_committed(id),
+                Err(e) => return Err(e),
+            }
+        }
+        let seen = self.seen.lock().ok().and_then(|s| s.get(key).copied());
+        match seen {
+            Some(id) => self.check_result(&id),
+            None => Ok(CacheCheck::Miss),
+        }
+    }
+
+    fn new_markers(&self) -> Option<Vec<ResultId>> {
+        let dir = self.store.root().join("results");
+        let known = self.known.lock().ok()?;
+        let mut new = Vec::new();
+        for entry in std::fs::read_dir(&dir).ok()? {
+            let name = entry.ok()?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.parse::<ResultId>().ok()) {
+                if !known.contains(&id) {
+                    new.push(id);
+                }
+            }
+        }
+        Some(new)
+    }
+
+    /// Remember a result committed by this run.
+    pub fn mark_committed(&self, id: ResultId) {
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(id);
         }
     }
 
