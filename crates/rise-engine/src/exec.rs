@@ -381,7 +381,7 @@ pub fn run(
                                 display.finished(
                                     &stage.name,
                                     "cached",
-                                    &format!("{}", manifest.output.short(12)),
+                                    &manifest.output.short(12).to_string(),
                                 );
                                 let result = adopt(&shared, stage, result, (*manifest).clone())?;
                                 states[i] = Some(StageState::Cached {
