@@ -188,7 +188,7 @@ macro_rules! training_fields {
         [
             Field::new(
                 "lr",
-                pos_float(1.0),
+                pos_float(1e6),
                 $lr,
                 "peak learning rate (AdamW, cosine schedule)",
             ),

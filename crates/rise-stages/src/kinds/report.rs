@@ -109,8 +109,9 @@ impl Stage for ReportStage {
             }
         }
         ctx.log(format!(
-            "report: {}",
-            ctx.out_dir.join("report.md").display()
+            "report.md, report.json, accuracy.png for {} models; {held} of {} expected effects appear",
+            report.models.len(),
+            report.effects.len()
         ));
         Ok(())
     }

@@ -51,9 +51,15 @@ pub fn registry() -> Registry {
     r
 }
 
-/// Runs one stage from its spec; progress events go to stdout as JSON lines.
+/// Runs one stage from its spec; progress events go to stdout as JSON lines. A failure is
+/// printed as one `error: ...` line on stderr (the stage log) and exits with status 1, without
+/// a backtrace: the message names the stage and the cause, which is what the user needs.
 pub fn run(args: Args) -> Result<()> {
-    run_spec(&args.spec)
+    if let Err(e) = run_spec(&args.spec) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn run_spec(path: &Path) -> Result<()> {
@@ -80,9 +86,12 @@ fn run_spec(path: &Path) -> Result<()> {
     // The engine resolved the params; resolving again (a no-op on resolved params) guards
     // against a spec written by a different build of the schemas.
     let mut spec = spec;
-    spec.params = stage
-        .resolve_params(&spec.params)
-        .map_err(|e| anyhow::anyhow!("stage {}: {e}", spec.stage))?;
+    spec.params = stage.resolve_params(&spec.params).map_err(|e| {
+        anyhow::anyhow!(
+            "stage {}: {e} (rebuild rise and rise-worker together)",
+            spec.stage
+        )
+    })?;
     std::fs::create_dir_all(&spec.out_dir)
         .with_context(|| format!("creating {}", spec.out_dir.display()))?;
     std::fs::create_dir_all(&spec.scratch_dir)
@@ -93,8 +102,13 @@ fn run_spec(path: &Path) -> Result<()> {
         Progress::stdout_events(),
         Arc::new(AtomicBool::new(false)),
     );
-    stage
-        .run(&ctx)
-        .map_err(|e| anyhow::anyhow!(e))
-        .with_context(|| format!("stage {name} failed"))
+    stage.run(&ctx).map_err(|e| {
+        // Stage errors from this crate already start with "stage NAME:".
+        let msg = e.to_string();
+        if msg.starts_with("stage ") {
+            anyhow::anyhow!(msg)
+        } else {
+            anyhow::anyhow!("stage {name}: {msg}")
+        }
+    })
 }

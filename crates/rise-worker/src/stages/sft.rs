@@ -31,7 +31,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     save_model(&ctx.out_dir, &loaded)?;
     write_json(
         &ctx.out_dir.join("training.json"),
-        &json!({"examples": n, "dropped_too_long": dropped, "training": summary}),
+        &json!({"examples": n, "dropped_too_long": dropped, "training": {"steps": summary.steps, "final_loss": summary.final_loss}}),
     )?;
     Ok(())
 }

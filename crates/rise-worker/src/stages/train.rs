@@ -82,7 +82,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     write_json(
         &ctx.out_dir.join("examples.json"),
         &json!({"examples": n_examples, "dropped_too_long": too_long, "per_turn": turns,
-                "started_from": start, "training": summary}),
+                "started_from": start, "training": {"steps": summary.steps, "final_loss": summary.final_loss}}),
     )?;
     Ok(())
 }

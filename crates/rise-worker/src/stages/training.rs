@@ -35,7 +35,9 @@ pub fn fit(
     Ok((kept, dropped))
 }
 
-/// Trains `model` on `examples` with the stage's params.
+/// Trains `model` on `examples` with the stage's params. Whether the run resumed goes to the
+/// log only: outputs must not depend on it, so a resumed run's artifact equals an
+/// uninterrupted one's.
 pub fn train(
     ctx: &StageContext,
     model: &mut Model,
