@@ -17,9 +17,11 @@ use serde_json::json;
 
 use super::Global;
 
-/// The stage kinds the `rise` binary knows. The lead adds `rise_stages::register_all` here.
+/// The stage kinds the `rise` binary knows: the built-in `shell` and every RISE kind.
 fn registry() -> Registry {
-    Registry::new()
+    let mut registry = Registry::new();
+    rise_stages::register_all(&mut registry);
+    registry
 }
 
 const PIPELINE_HELP: &str =
