@@ -25,13 +25,36 @@ impl Sampling {
                 top_p: get(params, "top_p")?,
                 top_k: 0,
                 max_new_tokens: get(params, "max_new_tokens")?,
-                stop_strings: loaded.template.stop_strings(),
+                stop_strings: stop_strings(loaded),
                 seed: 0,
             },
             window: get(params, "window")?,
             batch_size: get(params, "batch_size")?,
         })
     }
+}
+
+/// The template's end-of-turn strings, minus those that are the EOS token itself: the sampler
+/// already stops on EOS, and checking a stop string costs a decode per row per step.
+fn stop_strings(loaded: &Loaded) -> Vec<String> {
+    let eos: Vec<u32> = loaded
+        .cfg
+        .eos_token_ids
+        .iter()
+        .copied()
+        .chain(loaded.tokenizer.eos_token_id())
+        .collect();
+    loaded
+        .template
+        .stop_strings()
+        .into_iter()
+        .filter(|s| {
+            loaded
+                .tokenizer
+                .token_to_id(s)
+                .is_none_or(|id| !eos.contains(&id))
+        })
+        .collect()
 }
 
 /// Counts for progress lines.

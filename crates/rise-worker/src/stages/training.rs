@@ -5,31 +5,34 @@ use rise_model::Model;
 use rise_stages::params::get;
 use rise_stages::rise_engine::{StageContext, StageError};
 
-/// Examples longer than `params.max_len` (or the model's context) are dropped rather than
-/// truncated, since truncation could cut away the trained message; returns them and the
-/// number dropped.
+/// Examples longer than `params.max_len` are dropped rather than truncated, since truncation
+/// could cut away the trained message; returns the rest and the number dropped.
 pub fn fit(
     ctx: &StageContext,
     model_ctx: usize,
     examples: Vec<TrainExample>,
 ) -> Result<(Vec<TrainExample>, usize), StageError> {
     let max_len: usize = get(&ctx.params, "max_len")?;
-    let limit = max_len.min(model_ctx);
+    if max_len > model_ctx {
+        ctx.log(format!(
+            "note: params.max_len = {max_len} exceeds the model's max_position_embeddings = {model_ctx}"
+        ));
+    }
     let before = examples.len();
     let kept: Vec<TrainExample> = examples
         .into_iter()
-        .filter(|e| e.ids.len() <= limit)
+        .filter(|e| e.ids.len() <= max_len)
         .collect();
     let dropped = before - kept.len();
     if kept.is_empty() {
         return Err(StageError::msg(format!(
-            "stage {}: all {before} examples are longer than {limit} tokens (params.max_len = {max_len}, model context {model_ctx})",
+            "stage {}: all {before} examples are longer than params.max_len = {max_len} tokens",
             ctx.stage
         )));
     }
     if dropped > 0 {
         ctx.log(format!(
-            "dropped {dropped} of {before} examples longer than {limit} tokens"
+            "dropped {dropped} of {before} examples longer than {max_len} tokens"
         ));
     }
     Ok((kept, dropped))
