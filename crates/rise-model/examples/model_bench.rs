@@ -1,0 +1,98 @@
+//! CPU throughput of rise's sampler and trainer on the default tiny model, for
+//! `benches/model.sh` (which runs transformers on the same weights next to it).
+//!
+//! `model_bench prepare DIR` writes the model (HF layout) and a tokenizer;
+//! `model_bench run DIR THREADS` prints one JSON object with tokens/s figures.
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rise_model::checkpoint;
+use rise_model::sampler::{generate, FinishReason, SamplingParams};
+use rise_model::tokenizer::Tokenizer;
+use rise_model::trainer::{Duration, TrainConfig, TrainExample, Trainer};
+use rise_model::LlamaConfig;
+use tch::{Device, Kind};
+
+const VOCAB: usize = 1024;
+const SAMPLE_BATCH: usize = 32;
+const PROMPT_LEN: usize = 32;
+const NEW_TOKENS: usize = 128;
+const TRAIN_BATCH: usize = 16;
+const TRAIN_LEN: usize = 256;
+const TRAIN_STEPS: usize = 5;
+
+fn random_ids(rng: &mut ChaCha8Rng, n: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.gen_range(3..VOCAB as u32)).collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: model_bench prepare DIR | model_bench run DIR THREADS";
+    let dir = std::path::PathBuf::from(args.get(2).ok_or(usage)?);
+    match args.get(1).map(String::as_str) {
+        Some("prepare") => {
+            let cfg = LlamaConfig::tiny(VOCAB);
+            let model = checkpoint::init_random(&cfg, 0);
+            checkpoint::save(&dir, &model, &cfg)?;
+            // The tokenizer only decodes sampled ids here; a byte-level BPE covers any id < its size.
+            let text: Vec<String> = (0..4000).map(|i| format!("{i} + {} = {}", i * 7 % 97, i + i * 7 % 97)).collect();
+            Tokenizer::train_bpe(text.iter().map(String::as_str), VOCAB, &["<|pad|>"])?.save(&dir)?;
+        }
+        Some("run") => {
+            let threads: i32 = args.get(3).ok_or(usage)?.parse()?;
+            tch::set_num_threads(threads);
+            let (_, mut model) = checkpoint::load(&dir, Device::Cpu, Kind::Float)?;
+            let tok = Tokenizer::from_dir(&dir)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let prompts: Vec<Vec<u32>> = (0..SAMPLE_BATCH).map(|_| random_ids(&mut rng, PROMPT_LEN)).collect();
+            let params = SamplingParams { temperature: 1.0, max_new_tokens: NEW_TOKENS, ..Default::default() };
+            generate(&model, &tok, &prompts[..2], &SamplingParams { max_new_tokens: 8, ..params.clone() }, Device::Cpu)?;
+            let t0 = Instant::now();
+            let out = generate(&model, &tok, &prompts, &params, Device::Cpu)?;
+            let sample_secs = t0.elapsed().as_secs_f64();
+            let generated: usize = out.iter().flatten().map(|c| c.tokens.len()).sum();
+            assert!(out.iter().flatten().all(|c| c.finish_reason == FinishReason::Length));
+
+            let examples: Vec<TrainExample> = (0..TRAIN_BATCH)
+                .map(|_| TrainExample { ids: random_ids(&mut rng, TRAIN_LEN), loss_mask: vec![true; TRAIN_LEN], weight: 1.0 })
+                .collect();
+            let cfg = TrainConfig {
+                lr: 1e-4,
+                warmup_frac: 0.0,
+                batch_size: TRAIN_BATCH,
+                duration: Duration::Steps(TRAIN_STEPS + 1),
+                max_len: TRAIN_LEN,
+                ..Default::default()
+            };
+            let mut trainer = Trainer::new(&mut model, cfg, examples)?;
+            let mut start = None;
+            trainer.run(
+                |p| {
+                    if p.step == 1 {
+                        start = Some(Instant::now()); // the first step warms up allocators
+                    }
+                },
+                &AtomicBool::new(false),
+            )?;
+            let train_secs = start.ok_or("no steps ran")?.elapsed().as_secs_f64();
+            let train_tokens = TRAIN_BATCH * TRAIN_LEN * TRAIN_STEPS;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "impl": "rise",
+                    "threads": threads,
+                    "sample_tokens": generated,
+                    "sample_secs": sample_secs,
+                    "sample_tokens_per_s": generated as f64 / sample_secs,
+                    "train_tokens": train_tokens,
+                    "train_secs": train_secs,
+                    "train_tokens_per_s": train_tokens as f64 / train_secs,
+                })
+            );
+        }
+        _ => return Err(usage.into()),
+    }
+    Ok(())
+}
