@@ -70,6 +70,8 @@ def mem_gib():
         return 0
 fs = subprocess.run(["df", "-T", "benches/.work"], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
 machine = f"{cpu()}, {os.cpu_count()} cores, {mem_gib():.0f} GiB RAM, {fs} file system, Linux {platform.release()}"
+# Other work on a shared machine skews every row alike; say how busy it was.
+load = os.getloadavg()[0]
 rows = [
     ("b3sum (peer)", "hash", b3s),
     ("sha256sum (peer)", "hash", sha),
@@ -82,7 +84,8 @@ out = [
     "## Store",
     "",
     f"`just bench store` on {date}: one {mib} MiB random file, page cache warm, one run each.",
-    f"Machine: {machine}. Peer: {b3ver.strip()}, `sha256sum` (coreutils).",
+    f"Machine: {machine}; 1-minute load average {load:.2f} when the figures were written.",
+    f"Peers: {b3ver.strip()}, `sha256sum` (coreutils).",
     "",
     "| what | does | seconds | GiB/s | time vs b3sum |",
     "|---|---|---:|---:|---:|",

@@ -10,6 +10,8 @@ use crate::id::BlobId;
 use crate::store::{sync_dir, Store};
 
 const BUF: usize = 1 << 20;
+/// Above this size `put_file` fsyncs on a second thread while it hashes.
+const OVERLAP_SYNC_BYTES: u64 = 16 << 20;
 
 /// Hashes a file's bytes: memory-mapped and multi-threaded for large files (blake3 falls back
 /// to buffered reads for small or unmappable ones). Returns the id and the number of bytes.
@@ -59,13 +61,25 @@ impl Store {
     /// `put_tree` fsync each fan-out directory once instead of once per file.
     pub(crate) fn put_file_inner(&self, path: &Path, sync_parent: bool) -> Result<(BlobId, u64)> {
         let tmp = self.tmp_path("blob")?;
-        fs::copy(path, &tmp).map_err(StoreError::io("copy into the store", path))?;
-        // fs::copy carries the source's mode over; we need to write-open nothing, but a
-        // read-only source would make the staged copy read-only, which is fine for fsync.
-        let (id, size) = hash_file(&tmp).map_err(StoreError::io("hash", &tmp))?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(StoreError::io("sync", &tmp))?;
+        let copied = fs::copy(path, &tmp).map_err(StoreError::io("copy into the store", path))?;
+        // A read-only source makes the staged copy read-only too; fsync works on a read-only fd.
+        let staged = File::open(&tmp).map_err(StoreError::io("open", &tmp))?;
+        let (hashed, synced) = if copied >= OVERLAP_SYNC_BYTES {
+            // Write-back to disk and hashing use different resources: overlap them. Both only
+            // read the staged copy, which nothing else writes.
+            std::thread::scope(|scope| {
+                let sync = scope.spawn(|| staged.sync_all());
+                let hashed = hash_file(&tmp);
+                let synced = sync
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")));
+                (hashed, synced)
+            })
+        } else {
+            (hash_file(&tmp), staged.sync_all())
+        };
+        let (id, size) = hashed.map_err(StoreError::io("hash", &tmp))?;
+        synced.map_err(StoreError::io("sync", &tmp))?;
         self.install(&tmp, &id, sync_parent)?;
         Ok((id, size))
     }
@@ -334,5 +348,13 @@ mod tests {
         h.update_reader(io::repeat(0xab).take(64 << 20)).unwrap();
         assert_eq!(id, BlobId::from(h.finalize()));
         assert_eq!(s.check_blob(&id).unwrap(), 64 << 20);
+        // put_file of a large file takes the overlapped hash + fsync path.
+        let f = _dir.path().join("big");
+        std::io::copy(
+            &mut io::repeat(0xab).take(64 << 20),
+            &mut File::create(&f).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.put_file(&f).unwrap(), id);
     }
 }
