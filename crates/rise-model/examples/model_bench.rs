@@ -37,8 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let model = checkpoint::init_random(&cfg, 0);
             checkpoint::save(&dir, &model, &cfg)?;
             // The tokenizer only decodes sampled ids here; a byte-level BPE covers any id < its size.
-            let text: Vec<String> = (0..4000).map(|i| format!("{i} + {} = {}", i * 7 % 97, i + i * 7 % 97)).collect();
-            Tokenizer::train_bpe(text.iter().map(String::as_str), VOCAB, &["<|pad|>"])?.save(&dir)?;
+            let text: Vec<String> = (0..4000)
+                .map(|i| format!("{i} + {} = {}", i * 7 % 97, i + i * 7 % 97))
+                .collect();
+            Tokenizer::train_bpe(text.iter().map(String::as_str), VOCAB, &["<|pad|>"])?
+                .save(&dir)?;
         }
         Some("run") => {
             let threads: i32 = args.get(3).ok_or(usage)?.parse()?;
@@ -46,17 +49,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (_, mut model) = checkpoint::load(&dir, Device::Cpu, Kind::Float)?;
             let tok = Tokenizer::from_dir(&dir)?;
             let mut rng = ChaCha8Rng::seed_from_u64(1);
-            let prompts: Vec<Vec<u32>> = (0..SAMPLE_BATCH).map(|_| random_ids(&mut rng, PROMPT_LEN)).collect();
-            let params = SamplingParams { temperature: 1.0, max_new_tokens: NEW_TOKENS, ..Default::default() };
-            generate(&model, &tok, &prompts[..2], &SamplingParams { max_new_tokens: 8, ..params.clone() }, Device::Cpu)?;
+            let prompts: Vec<Vec<u32>> = (0..SAMPLE_BATCH)
+                .map(|_| random_ids(&mut rng, PROMPT_LEN))
+                .collect();
+            let params = SamplingParams {
+                temperature: 1.0,
+                max_new_tokens: NEW_TOKENS,
+                ..Default::default()
+            };
+            generate(
+                &model,
+                &tok,
+                &prompts[..2],
+                &SamplingParams {
+                    max_new_tokens: 8,
+                    ..params.clone()
+                },
+                Device::Cpu,
+            )?;
             let t0 = Instant::now();
             let out = generate(&model, &tok, &prompts, &params, Device::Cpu)?;
             let sample_secs = t0.elapsed().as_secs_f64();
             let generated: usize = out.iter().flatten().map(|c| c.tokens.len()).sum();
-            assert!(out.iter().flatten().all(|c| c.finish_reason == FinishReason::Length));
+            assert!(out
+                .iter()
+                .flatten()
+                .all(|c| c.finish_reason == FinishReason::Length));
 
             let examples: Vec<TrainExample> = (0..TRAIN_BATCH)
-                .map(|_| TrainExample { ids: random_ids(&mut rng, TRAIN_LEN), loss_mask: vec![true; TRAIN_LEN], weight: 1.0 })
+                .map(|_| TrainExample {
+                    ids: random_ids(&mut rng, TRAIN_LEN),
+                    loss_mask: vec![true; TRAIN_LEN],
+                    weight: 1.0,
+                })
                 .collect();
             let cfg = TrainConfig {
                 lr: 1e-4,

@@ -205,7 +205,7 @@ impl LlamaConfig {
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if heads.checked_rem(kv_heads) != Some(0) {
             return Err(invalid(
                 "num_key_value_heads",
                 format!("{kv_heads} does not divide num_attention_heads = {heads}"),
@@ -215,7 +215,7 @@ impl LlamaConfig {
             Some(d) if d > 0 => d,
             Some(_) => return Err(invalid("head_dim", "must be positive".into())),
             None => {
-                if raw.hidden_size % heads != 0 {
+                if raw.hidden_size.checked_rem(heads) != Some(0) {
                     return Err(invalid(
                         "num_attention_heads",
                         format!("{heads} does not divide hidden_size = {}", raw.hidden_size),

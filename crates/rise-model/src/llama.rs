@@ -433,6 +433,9 @@ impl Llama {
     /// cached tokens too; `None` means every token is real. `positions` are `[batch, t]`
     /// RoPE positions; `None` derives them from the mask. With a cache, the new keys and
     /// values are written at the cache's offset and the offset advances by `t`.
+    // `x = x + f(x)`, not `x += f(x)`: tch's `+=` is an in-place add, and autograd still
+    // needs the pre-residual `x` for the RMSNorm backward.
+    #[allow(clippy::assign_op_pattern)]
     pub fn hidden(
         &self,
         input_ids: &Tensor,

@@ -263,7 +263,7 @@ impl<'a> Trainer<'a> {
         if !(0.0..=1.0).contains(&config.warmup_frac) {
             return Err(invalid("warmup_frac", "must be in [0, 1]"));
         }
-        if !(config.grad_clip >= 0.0) {
+        if config.grad_clip.is_nan() || config.grad_clip < 0.0 {
             return Err(invalid("grad_clip", "must be >= 0 (0 disables clipping)"));
         }
         if examples.is_empty() {
@@ -592,8 +592,7 @@ impl<'a> Trainer<'a> {
             on_progress(&p);
             let every = self.config.checkpoint_every;
             if self.checkpoint_dir.is_some()
-                && every > 0
-                && self.step % every == 0
+                && self.step.checked_rem(every) == Some(0)
                 && self.step < self.total_steps
             {
                 self.save_checkpoint()?;

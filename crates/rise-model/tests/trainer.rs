@@ -65,7 +65,7 @@ fn grads(model: &Model) -> Vec<(String, Tensor)> {
 /// The loss of RISE.md §5 computed independently: full-vocabulary logits, per-example
 /// mean NLL over masked tokens, times the weight, averaged over examples.
 fn reference_loss(model: &Model, examples: &[TrainExample]) -> Tensor {
-    let mut total = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+    let mut parts = Vec::new();
     for e in examples {
         let ids: Vec<i64> = e.ids.iter().map(|&t| t as i64).collect();
         let x = Tensor::from_slice(&ids).unsqueeze(0);
@@ -73,16 +73,17 @@ fn reference_loss(model: &Model, examples: &[TrainExample]) -> Tensor {
             .forward(&x, None, None, None)
             .squeeze_dim(0)
             .log_softmax(-1, Kind::Float);
-        let mut sum = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
-        let mut count = 0.0;
-        for i in 1..ids.len() {
-            if e.loss_mask[i] {
-                sum = sum - logp.get(i as i64 - 1).get(ids[i]);
-                count += 1.0;
-            }
-        }
-        total = total + sum / count * e.weight as f64;
+        let terms: Vec<Tensor> = ids
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(i, _)| e.loss_mask[*i])
+            .map(|(i, &t)| -logp.get(i as i64 - 1).get(t))
+            .collect();
+        let mean_nll = Tensor::stack(&terms, 0).mean(Kind::Float);
+        parts.push(mean_nll * e.weight as f64);
     }
+    let total = Tensor::stack(&parts, 0).sum(Kind::Float);
     total / examples.len() as f64
 }
 
