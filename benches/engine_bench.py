@@ -134,7 +134,8 @@ def main():
     ap.add_argument("--results", required=True)
     args = ap.parse_args()
     args.rise = str(Path(args.rise).resolve())
-    work = Path(args.work)
+    args.venv = str(Path(args.venv).resolve())
+    work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
     sizes = [int(s) for s in args.sizes.split()]
     peers = args.peers.split()

@@ -53,3 +53,54 @@ fn kill_then_resume_matches_uninterrupted_run() {
     assert_eq!(clean.executed(), ["a", "b", "d", "slow"]);
     assert_eq!(resumed, clean.ok(&["lock", q.to_str().unwrap()]));
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_keeps_scratch() {
+    let env = Env::new();
+    let mut text = header("interrupt");
+    text += &stage("a", &[], "n = 1");
+    // Leaves resumable state in its scratch, then blocks until `gate` exists.
+    text += &stage("slow", &[("x", "a")], "n = 2").replace(
+        "; :",
+        "; echo partial > \"$RISE_SCRATCH/state\"; if [ ! -e gate ]; then touch started; sleep 60; fi; :",
+    );
+    text += &stage("after", &[("x", "slow")], "n = 3");
+    let p = env.write("p.toml", &text);
+    let p = p.to_str().unwrap();
+    let child = env
+        .rise(&["run", p, "--plain"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.path("started").exists() {
+        assert!(Instant::now() < deadline, "the slow stage never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    // Nothing committed for the interrupted stage; its scratch is still there.
+    let status: serde_json::Value =
+        serde_json::from_str(&env.ok(&["status", p, "--json"])).unwrap();
+    assert_eq!(status["stages"][1]["stage"], "slow");
+    assert_eq!(status["stages"][1]["state"], "never run");
+    let scratch: Vec<_> = std::fs::read_dir(env.store().join("scratch"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        scratch.iter().any(|d| d.path().join("state").exists()),
+        "the interrupted stage's scratch was kept"
+    );
+    assert_eq!(env.executed(), ["a", "slow"]);
+    env.write("gate", "");
+    env.ok(&["run", p, "--quiet"]);
+    assert_eq!(env.executed(), ["after", "slow"]);
+}
