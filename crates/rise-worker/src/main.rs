@@ -3,7 +3,8 @@
 //! The `rise` engine spawns it for torch work (one stage per process) and for the
 //! model commands (`score`, `generate`). Keeping libtorch out of `rise` keeps the
 //! engine's start-up in milliseconds; see ARCHITECTURE.md, "Two binaries".
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 mod doctor;
@@ -35,12 +36,20 @@ enum Command {
     Generate(generate::Args),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Doctor => doctor::run(),
         Command::Stage(args) => stages::run(args),
         Command::Score(args) => score::run(args),
         Command::Generate(args) => generate::run(args),
+    };
+    // Errors are for people (and the engine's stage log): the context chain, not a backtrace.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
