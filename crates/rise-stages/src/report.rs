@@ -120,6 +120,18 @@ pub fn check_effects(models: &[ModelResult], baseline: Option<&str>) -> Vec<Effe
             holds: a.value <= b.value,
             detail: format!("{tn} {} vs {t1} {}", pct(a), pct(b)),
         });
+        let base_gain = a.value - b.value;
+        for m in &rise {
+            let gain = m.metrics.m1_tn().value - m.metrics.m1_t1().value;
+            effects.push(Effect {
+                claim: format!(
+                    "{}: the gain over turns ({tn} - {t1}) exceeds {}'s (it comes from RISE)",
+                    m.name, base.name
+                ),
+                holds: gain > base_gain,
+                detail: format!("{:+.1} vs {:+.1} points", 100.0 * gain, 100.0 * base_gain),
+            });
+        }
         for m in &rise {
             let (x, y) = (m.metrics.m1_t1(), base.metrics.m1_t1());
             effects.push(Effect {
@@ -453,6 +465,13 @@ mod tests {
         assert!(get("iter1: m1@t5 > m1@t1").holds);
         assert!(!get("iter2: m1@t5 > m1@t1").holds);
         assert!(get("base: m1@t5 does not exceed").holds);
+        assert!(get("iter1: the gain over turns").holds); // +30 vs -10 points
+                                                          // A flat curve still beats a base that loses 10 points over turns.
+        assert_eq!(
+            get("iter2: the gain over turns").detail,
+            "+0.0 vs -10.0 points"
+        );
+        assert!(get("iter2: the gain over turns").holds);
         assert!(!get("iter2 ≥ iter1").holds);
         let md = r.markdown("accuracy.png");
         assert!(md.contains("**does NOT hold**"));
