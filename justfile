@@ -22,8 +22,8 @@ run pipeline *args: build
     ./target/release/rise run {{pipeline}} {{args}}
 
 # Every test: unit, integration (real binaries on temp stores), parity against transformers.
+# (rise-worker's own integration test makes cargo build the worker binary the others spawn.)
 test: setup-test
-    cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
 
 # Benchmarks (not tests): `just bench store|engine|model|rise`; figures go to benches/RESULTS.md.
