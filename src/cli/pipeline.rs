@@ -97,6 +97,27 @@ rise show 3fa9c1"
         json: bool,
     },
 
+    /// Copy a model stage's output out of the store as a Hugging Face directory.
+    #[command(
+        long_about = "Copy a model out of the store as a Hugging Face directory (config.json, \
+model.safetensors, tokenizer.json, tokenizer_config.json) that transformers and vLLM load. WHAT is a \
+stage name (its latest result), a result id, an artifact id or a hex prefix; the stage must produce \
+a model (model, sft, train, export). Every file is verified against its hash while it is copied. \
+DIR must not exist or must be empty.",
+        after_help = "Examples:\n  rise export iter2/train --to out/rise-iter2\n  \
+python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('out/rise-iter2')\""
+    )]
+    Export {
+        /// Stage name, result id, artifact id, or hex prefix.
+        what: String,
+        /// Destination directory (created; must be empty if it exists).
+        #[arg(long)]
+        to: PathBuf,
+        /// Pipeline name, to pick among stages of the same name.
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+
     /// Print the results a result was built from, recursively, down to its roots.
     #[command(after_help = "Example:\n  rise lineage report")]
     Lineage {
@@ -209,6 +230,9 @@ pub fn run(cmd: Command, global: &Global) -> Result<ExitCode> {
             pipeline,
             json,
         } => cmd_lineage(&what, pipeline.as_deref(), json, global),
+        Command::Export { what, to, pipeline } => {
+            cmd_export(&what, &to, pipeline.as_deref(), global)
+        }
         Command::Audit(args) => cmd_audit(args, global),
         Command::Lock { p, output } => cmd_lock(p, output, global),
     }
@@ -684,6 +708,91 @@ fn find_result(
         }
         None => bail!("no result matches `{what}` (give a result id, an artifact id, a hex prefix of 6+ digits, or a stage name that has run)"),
     }
+}
+
+/// The files a Hugging Face loader needs; rise's own `rise.json` stays in the store.
+const HF_MODEL_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+fn cmd_export(what: &str, to: &Path, pipeline: Option<&str>, global: &Global) -> Result<ExitCode> {
+    let store = open_store(global)?;
+    let (id, m) = find_result(&store, what, pipeline)?;
+    let tree = store.read_tree(&m.output)?;
+    let has = |name: &str| tree.entries.iter().any(|e| e.path == name);
+    let missing: Vec<&str> = ["config.json", "model.safetensors", "tokenizer.json"]
+        .into_iter()
+        .filter(|f| !has(f))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} ({} stage `{}`, result {id}) is not a model: its output lacks {}",
+            what,
+            m.kind,
+            m.stage,
+            missing.join(", ")
+        );
+    }
+    if to.exists() {
+        let non_empty = std::fs::read_dir(to)
+            .with_context(|| format!("cannot read {}", to.display()))?
+            .next()
+            .is_some();
+        if non_empty {
+            bail!(
+                "{} exists and is not empty; choose a new directory",
+                to.display()
+            );
+        }
+    }
+    // Copy into a sibling temp directory, then rename: an interrupted export leaves no
+    // half-written model under the requested name.
+    let parent = std::path::absolute(to)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".rise-export-")
+        .tempdir_in(&parent)
+        .with_context(|| {
+            format!(
+                "cannot create a temporary directory in {}",
+                parent.display()
+            )
+        })?;
+    for entry in tree
+        .entries
+        .iter()
+        .filter(|e| HF_MODEL_FILES.contains(&e.path.as_str()))
+    {
+        let dest = staging.path().join(&entry.path);
+        let mut reader = store.open_blob(&entry.blob)?;
+        let mut file = std::fs::File::create(&dest)
+            .with_context(|| format!("cannot create {}", dest.display()))?;
+        std::io::copy(&mut reader, &mut file)
+            .with_context(|| format!("copying {} (blob {})", entry.path, entry.blob))?;
+        file.sync_all()?;
+    }
+    if to.exists() {
+        std::fs::remove_dir(to)
+            .with_context(|| format!("cannot replace empty {}", to.display()))?;
+    }
+    let staged = staging.keep();
+    std::fs::rename(&staged, to)
+        .with_context(|| format!("cannot move the export into {}", to.display()))?;
+    println!(
+        "exported {} ({}, result {}) to {}",
+        m.stage,
+        m.kind,
+        &id.to_hex()[..12],
+        to.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_show(
