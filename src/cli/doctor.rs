@@ -16,19 +16,23 @@ pub struct Args {
 pub fn run(args: Args, global: &Global) -> Result<ExitCode> {
     let store = std::path::absolute(&global.store).unwrap_or_else(|_| global.store.clone());
     let worker = super::worker::path();
-    let worker_report: Result<serde_json::Value> = worker.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|_| {
-        let output = super::worker::command(["doctor"])?
-            .output()
-            .context("cannot start rise-worker")?;
-        if !output.status.success() {
-            anyhow::bail!(
-                "rise-worker doctor failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&output.stdout).context("rise-worker doctor printed invalid JSON")
-    });
+    let worker_report: Result<serde_json::Value> = worker
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|_| {
+            let output = super::worker::command(["doctor"])?
+                .output()
+                .context("cannot start rise-worker")?;
+            if !output.status.success() {
+                anyhow::bail!(
+                    "rise-worker doctor failed ({}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+            }
+            serde_json::from_slice(&output.stdout)
+                .context("rise-worker doctor printed invalid JSON")
+        });
     if args.json {
         let report = serde_json::json!({
             "engine_version": env!("CARGO_PKG_VERSION"),
@@ -47,21 +51,36 @@ pub fn run(args: Args, global: &Global) -> Result<ExitCode> {
         }
         match &worker_report {
             Ok(t) => {
-                println!("libtorch         {}", t["libtorch_version"].as_str().unwrap_or("?"));
+                println!(
+                    "libtorch         {}",
+                    t["libtorch_version"].as_str().unwrap_or("?")
+                );
                 println!("torch threads    {}", t["threads"]);
                 println!(
                     "CUDA             {} device(s){}",
                     t["cuda_device_count"],
-                    if t["linked_torch_cuda"].as_bool() == Some(true) { "" } else { " (worker built without torch_cuda)" }
+                    if t["linked_torch_cuda"].as_bool() == Some(true) {
+                        ""
+                    } else {
+                        " (worker built without torch_cuda)"
+                    }
                 );
                 if let Some(devices) = t["cuda_devices"].as_array() {
                     for d in devices {
-                        println!("  cuda:{}        {}", d["index"], d["name"].as_str().unwrap_or(""));
+                        println!(
+                            "  cuda:{}        {}",
+                            d["index"],
+                            d["name"].as_str().unwrap_or("")
+                        );
                     }
                 }
             }
             Err(err) => println!("libtorch         UNAVAILABLE: {err:#}"),
         }
     }
-    Ok(if worker_report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if worker_report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
