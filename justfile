@@ -15,7 +15,7 @@ setup-test:
 
 # Build both binaries (release).
 build: setup
-    cargo build --release --bins
+    cargo build --release --workspace --bins
 
 # Run a pipeline, e.g. `just run pipelines/rise.toml` (extra args go to `rise run`).
 run pipeline *args: build
