@@ -279,10 +279,12 @@ impl Report {
                 self.effects.len()
             );
         }
-        let _ = writeln!(s, "\n## Sources\n");
-        for r in &self.models {
-            if !r.source.is_empty() {
-                let _ = writeln!(s, "- {}: stage `{}`", r.name, r.source);
+        if self.models.iter().any(|r| !r.source.is_empty()) {
+            let _ = writeln!(s, "\n## Sources\n");
+            for r in &self.models {
+                if !r.source.is_empty() {
+                    let _ = writeln!(s, "- {}: stage `{}`", r.name, r.source);
+                }
             }
         }
         s
