@@ -448,7 +448,8 @@ fn init_layout(root: &Path) -> Result<()> {
     if let Ok(rd) = fs::read_dir(root) {
         let foreign = rd.flatten().any(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            !LAYOUT.contains(&name.as_str()) && !name.starts_with("STORE.")
+            // `.gitkeep`: the repository's default `store/` is committed empty but for it.
+            !LAYOUT.contains(&name.as_str()) && !name.starts_with("STORE.") && name != ".gitkeep"
         });
         if foreign {
             return Err(StoreError::Io {
@@ -562,6 +563,22 @@ fn make_writable(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repositorys_empty_store_directory_opens_but_foreign_ones_do_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kept = tmp.path().join("store");
+        fs::create_dir(&kept).unwrap();
+        fs::write(kept.join(".gitkeep"), "").unwrap();
+        Store::open(&kept).unwrap();
+        let foreign = tmp.path().join("other");
+        fs::create_dir(&foreign).unwrap();
+        fs::write(foreign.join("notes.txt"), "mine").unwrap();
+        let err = Store::open(&foreign)
+            .err()
+            .expect("a foreign directory is refused");
+        assert!(err.to_string().contains("not a rise store"), "{err}");
+    }
 
     #[test]
     fn names_are_validated() {
