@@ -163,6 +163,10 @@ impl Model {
     /// `device` or `kind`.
     pub fn random(cfg: &LlamaConfig, seed: u64, device: Device, kind: Kind) -> Model {
         let cpu = Model::zeros(cfg, Device::Cpu, Kind::Float);
+        // libtorch's CPU generator is process-global: two threads initialising models at once
+        // (parallel tests, in-process stages) would interleave their draws. Hold it while drawing.
+        static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _generator = GLOBAL_GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(seed as i64);
         let mut names: Vec<(String, Tensor)> = cpu.vs.variables().into_iter().collect();
         // HashMap order is random; draw in a fixed order so the seed alone decides.
