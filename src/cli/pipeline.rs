@@ -12,6 +12,7 @@ use rise_engine::plan::{self, Cache, PlanStatus};
 use rise_engine::progress::DisplayMode;
 use rise_engine::resolve::{resolve, Resolved};
 use rise_engine::{key::KEY_SCHEME_VERSION, pipeline::Pipeline, Registry};
+use rise_stages::format::HF_MODEL_FILES;
 use rise_store::{ArtifactId, ResultId, ResultManifest, Store};
 use serde_json::json;
 
@@ -709,14 +710,6 @@ fn find_result(
         None => bail!("no result matches `{what}` (give a result id, an artifact id, a hex prefix of 6+ digits, or a stage name that has run)"),
     }
 }
-
-/// The files a Hugging Face loader needs; rise's own `rise.json` stays in the store.
-const HF_MODEL_FILES: [&str; 4] = [
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-];
 
 fn cmd_export(what: &str, to: &Path, pipeline: Option<&str>, global: &Global) -> Result<ExitCode> {
     let store = open_store(global)?;

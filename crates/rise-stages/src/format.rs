@@ -9,6 +9,15 @@ use rise_engine::StageError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The files of a model artifact that transformers and vLLM load; `rise.json` is rise's own and
+/// stays in the store. Shared by the `export` stage and `rise export`.
+pub const HF_MODEL_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
 /// The file name of [`ModelFormat`] in a model directory.
 pub const FORMAT_FILE: &str = "rise.json";
 

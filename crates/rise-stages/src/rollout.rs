@@ -99,6 +99,14 @@ pub struct Trajectory {
 }
 
 impl Trajectory {
+    /// The conversation before the next attempt (RISE.md §2): the question, the attempts so far
+    /// with their feedback, cut to the context `window`. Sampling and relabelling both build
+    /// their turn-t state with this, so the two can never disagree on it.
+    pub fn next_state(&self, window: usize, system: &str) -> Vec<rise_data::conversation::Message> {
+        let previous: Vec<String> = self.attempts.iter().map(|a| a.response.clone()).collect();
+        rise_data::conversation::build_messages(&self.question, &previous, window, system)
+    }
+
     /// Index of the first correct attempt, if any.
     pub fn first_correct(&self) -> Option<usize> {
         self.attempts.iter().position(Attempt::is_correct)

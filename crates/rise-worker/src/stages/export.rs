@@ -3,13 +3,7 @@ use rise_stages::rise_engine::{StageContext, StageError};
 
 use super::common::{fail, load_model, set_threads};
 
-/// The files transformers and vLLM need; `rise.json` stays behind (it is rise's own).
-const HF_FILES: [&str; 4] = [
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-];
+use rise_stages::format::HF_MODEL_FILES;
 
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     set_threads(ctx);
@@ -17,7 +11,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     // Loading validates every tensor against config.json before anything is written.
     let loaded = load_model(ctx, "model")?;
     let src = ctx.input("model")?;
-    for name in HF_FILES {
+    for name in HF_MODEL_FILES {
         let from = src.join(name);
         if from.exists() {
             std::fs::copy(&from, ctx.out_dir.join(name))

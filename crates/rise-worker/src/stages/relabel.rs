@@ -1,6 +1,6 @@
 //! The `relabel` kind: best-of-N at every wrong state, from the learner or a teacher
 //! (RISE.md §4 step 3).
-use rise_data::conversation::{build_messages, Role};
+use rise_data::conversation::Role;
 use rise_data::grade::{grade, Rewards};
 use rise_stages::kinds::dataset::{read_json, write_json};
 use rise_stages::params::get;
@@ -79,18 +79,8 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
                 let requests: Vec<Request> = open
                     .iter()
                     .map(|&i| {
-                        let previous: Vec<String> = trajs[i]
-                            .attempts
-                            .iter()
-                            .map(|a| a.response.clone())
-                            .collect();
                         Request {
-                            messages: build_messages(
-                                &trajs[i].question,
-                                &previous,
-                                s.window,
-                                &system[i],
-                            ),
+                            messages: trajs[i].next_state(s.window, &system[i]),
                             // Apart from the on-policy sample's streams of the same prompt and turn.
                             stream: stream(&trajs[i].prompt_id, 1_000 + turn as u64),
                         }

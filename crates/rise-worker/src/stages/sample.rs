@@ -1,5 +1,4 @@
 //! The `sample` kind: on-policy rollouts from the learner (RISE.md §4 step 1).
-use rise_data::conversation::build_messages;
 use rise_data::grade::{grade, Rewards};
 use rise_stages::kinds::dataset::write_json;
 use rise_stages::params::get;
@@ -49,21 +48,9 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
                 }
                 let requests: Vec<Request> = open
                     .iter()
-                    .map(|&i| {
-                        let previous: Vec<String> = trajs[i]
-                            .attempts
-                            .iter()
-                            .map(|a| a.response.clone())
-                            .collect();
-                        Request {
-                            messages: build_messages(
-                                &trajs[i].question,
-                                &previous,
-                                s.window,
-                                &system,
-                            ),
-                            stream: stream(&trajs[i].prompt_id, turn as u64),
-                        }
+                    .map(|&i| Request {
+                        messages: trajs[i].next_state(s.window, &system),
+                        stream: stream(&trajs[i].prompt_id, turn as u64),
                     })
                     .collect();
                 let responses = respond(ctx, &loaded, &requests, 1, &s, ctx.seed, &mut counts)?;
