@@ -131,11 +131,7 @@ fn verify_names_a_bad_blob_and_everything_that_uses_it() {
 #[test]
 fn reindex_restores_a_deleted_index() {
     let f = fixture();
-    let before = Store::open(&f.root)
-        .unwrap()
-        .index_snapshot()
-        .unwrap()
-        .unwrap();
+    let before = Store::open(&f.root).unwrap().current_index().unwrap();
     std::fs::remove_dir_all(f.root.join("index")).unwrap();
     let out = rise(&f.root, &["store", "verify"]);
     assert_eq!(out.status.code(), Some(1));

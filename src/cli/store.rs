@@ -227,6 +227,12 @@ fn print_verify(store: &Store, r: &VerifyReport, secs: f64) {
     for s in &r.stray_files {
         println!("\nSTRAY FILE {} (not a blob name)", s.display());
     }
+    if r.results_not_yet_indexed > 0 {
+        println!(
+            "{} committed results are not indexed yet (normal: the next lookup indexes them)",
+            r.results_not_yet_indexed
+        );
+    }
     if r.is_clean() {
         println!("store is intact");
     } else {

@@ -428,6 +428,9 @@ pub fn run(
         }
         Ok(())
     })?;
+    // Commits only write their markers; index them once for the whole run so that the next
+    // reader does not pay for it.
+    store.sync_index_if_committed()?;
 
     let cancelled = opts.cancel.load(Ordering::SeqCst);
     let stages: Vec<StageReport> = resolved
@@ -843,5 +846,7 @@ pub fn run_single(
         out_dirs: Mutex::new(HashMap::new()),
     };
     let key = stage_key(&resolved.stages[stage], &inputs);
-    Ok(execute(&shared, stage, key, inputs))
+    let state = execute(&shared, stage, key, inputs);
+    store.sync_index_if_committed()?;
+    Ok(state)
 }

@@ -46,10 +46,7 @@ pub enum CacheCheck {
 impl<'s> Cache<'s> {
     /// Read the index once.
     pub fn load(store: &'s Store) -> Result<Cache<'s>, StoreError> {
-        // `latest` rolls committed-but-unindexed results into the index; the snapshot then reads
-        // everything in one more transaction.
-        store.latest("", "")?;
-        let snapshot = store.index_snapshot()?.unwrap_or_default();
+        let snapshot = store.current_index()?;
         Ok(Cache {
             store,
             by_key: snapshot.by_key,

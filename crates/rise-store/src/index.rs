@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
@@ -340,6 +341,7 @@ impl Store {
         } else if indexed.len() != markers.len() {
             self.roll_forward(&ix, markers.difference(&indexed))?;
         }
+        self.unindexed_commits.store(false, Ordering::SeqCst);
         let out = f(&ix)?;
         ix.flush()?;
         Ok(out)
@@ -388,8 +390,12 @@ impl Store {
 
     /// Commits a stage's result. The output artifact's tree and blobs must already be in the
     /// store (checked by presence and size, not re-hashed). Then the result manifest blob is
-    /// written, then the `results/<id>` marker (the commit point), then the index entries.
-    /// Committing the same manifest twice is harmless and returns the same id.
+    /// written, then the `results/<id>` marker: the commit point, after which every lookup sees
+    /// the result. Committing the same manifest twice is harmless and returns the same id.
+    ///
+    /// The index is not touched (unless it does not exist yet): every index transaction first
+    /// rolls forward the markers it has not seen, so indexing here would only add a database
+    /// open and flush to every commit. Call [`Store::sync_index`] after a batch of commits.
     pub fn commit_result(&self, manifest: &ResultManifest) -> Result<ResultId> {
         let incomplete = |reason: String| StoreError::IncompleteOutput {
             key: manifest.key.to_hex(),
@@ -410,8 +416,28 @@ impl Store {
         let marker = self.results_dir().join(id.to_hex());
         fs::File::create(&marker).map_err(StoreError::io("create result marker", &marker))?;
         sync_dir(&self.results_dir())?;
-        self.with_index(|ix| ix.apply(&id, manifest))?;
+        self.unindexed_commits.store(true, Ordering::SeqCst);
+        if !self.index_path().exists() {
+            // So that a missing index always means a deleted one (which `verify` reports).
+            self.sync_index()?;
+        }
         Ok(id)
+    }
+
+    /// Brings the index up to date with every committed result (one transaction). Lookups do
+    /// this by themselves; call it after a batch of commits so that the next reader does not
+    /// pay for the whole batch.
+    pub fn sync_index(&self) -> Result<()> {
+        self.with_index(|_| Ok(()))
+    }
+
+    /// [`Store::sync_index`] if this handle committed anything since its last index
+    /// transaction; free otherwise.
+    pub fn sync_index_if_committed(&self) -> Result<()> {
+        if self.unindexed_commits.load(Ordering::SeqCst) {
+            self.sync_index()?;
+        }
+        Ok(())
     }
 
     fn load(&self, id: Option<ResultId>) -> Result<Option<(ResultId, ResultManifest)>> {

@@ -23,6 +23,8 @@ pub struct Store {
     /// Damaged committed results already warned about by this handle (warn once, not per
     /// index transaction).
     pub(crate) warned: Mutex<std::collections::BTreeSet<crate::id::ResultId>>,
+    /// Results committed by this handle since its last index transaction.
+    pub(crate) unindexed_commits: std::sync::atomic::AtomicBool,
 }
 
 /// This process's staging directory `tmp/<name>/`, alive while `tmp/<name>.lock` is locked.
@@ -84,6 +86,7 @@ impl Store {
             session: Mutex::new(None),
             counter: AtomicU64::new(0),
             warned: Mutex::new(Default::default()),
+            unindexed_commits: Default::default(),
         };
         store.clean_stale_tmp()?;
         Ok(store)

@@ -108,7 +108,7 @@ fn assert_reported_and_refused(f: &Fixture, expected: BlobProblem) {
 }
 
 fn assert_reindex_restores(f: &Fixture) {
-    let before = f.store.index_snapshot().unwrap().unwrap();
+    let before = f.store.current_index().unwrap();
     fs::remove_dir_all(f.store.root().join("index")).unwrap();
     let report = f.store.reindex().unwrap();
     assert_eq!(report.previous, "missing");
@@ -142,7 +142,7 @@ fn missing_blob() {
 #[test]
 fn deleted_index_directory() {
     let f = fixture();
-    let before = f.store.index_snapshot().unwrap().unwrap();
+    let before = f.store.current_index().unwrap();
     assert_eq!(before.results.len(), 2);
     fs::remove_dir_all(f.store.root().join("index")).unwrap();
     let report = f.store.verify().unwrap();
@@ -161,7 +161,7 @@ fn deleted_index_directory() {
 #[test]
 fn a_deleted_index_heals_at_the_next_lookup() {
     let f = fixture();
-    let before = f.store.index_snapshot().unwrap().unwrap();
+    let before = f.store.current_index().unwrap();
     fs::remove_dir_all(f.store.root().join("index")).unwrap();
     assert_eq!(
         f.store.lookup(&StageKey([2; 32])).unwrap().unwrap().0,
@@ -173,7 +173,7 @@ fn a_deleted_index_heals_at_the_next_lookup() {
 #[test]
 fn garbage_index_is_moved_aside_and_rebuilt() {
     let f = fixture();
-    let before = f.store.index_snapshot().unwrap().unwrap();
+    let before = f.store.current_index().unwrap();
     let index = f.store.root().join("index");
     for e in fs::read_dir(&index).unwrap() {
         let p = e.unwrap().path();
