@@ -255,7 +255,34 @@ where
     T: ChatTemplate + ?Sized,
     K: TokenizeText + ?Sized,
 {
-    let Some((last, context)) = messages.split_last() else {
+    render_with_loss_on(template, tokenizer, messages, false)
+}
+
+/// [`render_for_training`] with loss on every assistant message, for plain multi-turn chat
+/// SFT (several independent question/answer pairs in one conversation), not for RISE turns.
+pub fn render_for_training_every_turn<T, K>(
+    template: &T,
+    tokenizer: &K,
+    messages: &[Message],
+) -> Result<(Vec<u32>, Vec<bool>), TemplateError>
+where
+    T: ChatTemplate + ?Sized,
+    K: TokenizeText + ?Sized,
+{
+    render_with_loss_on(template, tokenizer, messages, true)
+}
+
+fn render_with_loss_on<T, K>(
+    template: &T,
+    tokenizer: &K,
+    messages: &[Message],
+    every_assistant_turn: bool,
+) -> Result<(Vec<u32>, Vec<bool>), TemplateError>
+where
+    T: ChatTemplate + ?Sized,
+    K: TokenizeText + ?Sized,
+{
+    let Some(last) = messages.last() else {
         return Err(TemplateError::Conversation("no messages".into()));
     };
     if last.role != Role::Assistant {
@@ -264,39 +291,64 @@ where
             last.role.as_str()
         )));
     }
-    let prompt = template.render(context, true)?;
-    let full = template.render(messages, false)?;
-    let Some(completion) = full.strip_prefix(prompt.as_str()) else {
-        let at = prompt
-            .char_indices()
-            .zip(full.chars())
-            .find(|((_, a), b)| a != b)
-            .map_or(prompt.len().min(full.len()), |((i, _), _)| i);
-        let floor = |s: &str, mut i: usize| {
-            while !s.is_char_boundary(i) {
-                i -= 1;
-            }
-            i
-        };
-        let lo = floor(&prompt, at.saturating_sub(40));
-        return Err(TemplateError::NotPrefixStable {
-            prompt_tail: prompt[lo..].chars().take(80).collect(),
-            full_tail: full[floor(&full, lo.min(full.len()))..]
-                .chars()
-                .take(80)
-                .collect(),
-        });
+    let trained: Vec<usize> = if every_assistant_turn {
+        (0..messages.len())
+            .filter(|&i| messages[i].role == Role::Assistant)
+            .collect()
+    } else {
+        vec![messages.len() - 1]
     };
-    let mut ids = tokenizer.encode(&prompt);
-    let n_prompt = ids.len();
-    ids.extend(tokenizer.encode(completion));
-    if ids.len() == n_prompt {
-        return Err(TemplateError::Conversation(
-            "the final assistant message renders to no tokens".into(),
-        ));
+    // Each trained message: the text since the previous one (context, no loss), then the
+    // message with its end-of-turn marker (loss). Pieces are tokenized separately so that a
+    // token never straddles the boundary between context and trained text.
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    let mut done = String::new();
+    for a in trained {
+        let prompt = template.render(&messages[..a], true)?;
+        let full = template.render(&messages[..=a], false)?;
+        let context = strip_rendered_prefix(&prompt, &done)?;
+        let completion = strip_rendered_prefix(&full, &prompt)?;
+        let context_ids = tokenizer.encode(context);
+        mask.extend(std::iter::repeat_n(false, context_ids.len()));
+        ids.extend(context_ids);
+        let completion_ids = tokenizer.encode(completion);
+        if completion_ids.is_empty() {
+            return Err(TemplateError::Conversation(format!(
+                "assistant message {a} renders to no tokens"
+            )));
+        }
+        mask.extend(std::iter::repeat_n(true, completion_ids.len()));
+        ids.extend(completion_ids);
+        done = full;
     }
-    let mask = (0..ids.len()).map(|i| i >= n_prompt).collect();
     Ok((ids, mask))
+}
+
+/// `longer` without its prefix `prefix`, or the error that names where they part.
+fn strip_rendered_prefix<'a>(longer: &'a str, prefix: &str) -> Result<&'a str, TemplateError> {
+    if let Some(rest) = longer.strip_prefix(prefix) {
+        return Ok(rest);
+    }
+    let at = prefix
+        .char_indices()
+        .zip(longer.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(prefix.len().min(longer.len()), |((i, _), _)| i);
+    let floor = |s: &str, mut i: usize| {
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let lo = floor(prefix, at.saturating_sub(40));
+    Err(TemplateError::NotPrefixStable {
+        prompt_tail: prefix[lo..].chars().take(80).collect(),
+        full_tail: longer[floor(longer, lo.min(longer.len()))..]
+            .chars()
+            .take(80)
+            .collect(),
+    })
 }
 
 /// UTF-8 bytes as token ids (0–255): a tokenizer with no training, for tests and debugging.
@@ -392,6 +444,36 @@ mod tests {
             full,
             "<|system|>S<|end|><|user|>Q<|end|><|assistant|>try 1<|end|><|user|>The answer is incorrect. Please try again. Here's the question: Q<|end|><|assistant|>A!<|end|>"
         );
+    }
+
+    #[test]
+    fn every_turn_masks_each_assistant_message_and_nothing_else() {
+        let t = PlainTemplate::default();
+        let msgs = vec![
+            Message::new(Role::System, "S"),
+            Message::new(Role::User, "Q1"),
+            Message::new(Role::Assistant, "A1"),
+            Message::new(Role::User, "Q2"),
+            Message::new(Role::Assistant, "A2"),
+        ];
+        let (ids, mask) =
+            render_for_training_every_turn(&t, &ByteTokenizer, &msgs).expect("renders");
+        let (single_ids, _) = render_for_training(&t, &ByteTokenizer, &msgs).expect("renders");
+        assert_eq!(
+            ids, single_ids,
+            "the same text, whichever turns are trained"
+        );
+        let mut spans = Vec::new();
+        let mut current = Vec::new();
+        for (&id, &m) in ids.iter().zip(&mask) {
+            if m {
+                current.push(id);
+            } else if !current.is_empty() {
+                spans.push(ByteTokenizer.decode(&std::mem::take(&mut current)));
+            }
+        }
+        spans.push(ByteTokenizer.decode(&current));
+        assert_eq!(spans, vec!["A1<|end|>", "A2<|end|>"]);
     }
 
     #[test]

@@ -305,16 +305,40 @@ pub static SFT: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["model", "data"],
     optional_inputs: &[],
-    fields: &training_fields!("0.001", "3.0"),
+    fields: &{
+        let t = training_fields!("0.001", "3.0");
+        [
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            t[4],
+            t[5],
+            t[6],
+            t[7],
+            t[8],
+            Field::new(
+                "chat_turns",
+                int(1, 64),
+                "1",
+                "questions per training conversation: 1 = one question and its solution; k > 1 \
+                 chains k unrelated questions as consecutive user/assistant turns, every answer \
+                 trained (general multi-turn chat, never the RISE feedback)",
+            ),
+        ]
+    },
     outputs: &[
         "config.json",
         "model.safetensors",
         "tokenizer.json",
         "rise.json",
     ],
-    about: "Plain supervised fine-tuning on a dataset's reference solutions as first-turn \
-            answers: trains the from-scratch base model, or the paper's \"boost\" of a weak \
-            model. Resumes from its last checkpoint after a kill.",
+    about: "Plain supervised fine-tuning on a dataset's reference solutions: trains the \
+            from-scratch base model, or the paper's \"boost\" of a weak model. With \
+            `chat_turns` > 1 the solutions are answers in multi-question chats, so that the \
+            model learns to answer the latest user message of a longer conversation (what an \
+            instruction-tuned model brings to RISE) without ever seeing a retry. Resumes from \
+            its last checkpoint after a kill.",
     validate: None,
 };
 
