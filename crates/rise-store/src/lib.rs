@@ -31,8 +31,9 @@
 //!    components; links out of a stored directory are rejected. Materialising a tree cannot write
 //!    outside its destination.
 //! 4. **Commit order.** Output blobs, then the tree manifest, then the result manifest blob, then
-//!    the `results/<id>` marker (the commit point), then the index entries. A crash at any point
-//!    leaves either no result or a complete one; never a half-visible one.
+//!    the `results/<id>` marker (the commit point). A crash at any point leaves either no result
+//!    or a complete one; never a half-visible one. The index is not written by a commit: the next
+//!    index transaction (or [`Store::sync_index`]) rolls new markers into it.
 //! 5. **The index is only an index.** It is a deterministic function of the committed markers
 //!    (among several results for one key or stage, the greatest `(finished_at, result id)` wins), so
 //!    [`Store::reindex`] rebuilds it exactly, and each index transaction first rolls forward

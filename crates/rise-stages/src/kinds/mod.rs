@@ -325,6 +325,21 @@ pub static SFT: KindSchema = KindSchema {
                  chains k unrelated questions as consecutive user/assistant turns, every answer \
                  trained (general multi-turn chat, never the RISE feedback)",
             ),
+            Field::new(
+                "repeat_questions",
+                float(0.0, 1.0),
+                "0.0",
+                "with chat_turns: probability that the user asks one of the conversation's \
+                 questions again after an answer (answered with the same reference solution)",
+            ),
+            Field::new(
+                "preambles",
+                Ty::StrList,
+                "[]",
+                "openings a user may put before a question (\"Next one.\"): each question gets \
+                 one of them, or none, with equal chance, so the model learns to find the \
+                 question in a longer message",
+            ),
         ]
     },
     outputs: &[

@@ -7,6 +7,7 @@ use rise_stages::rise_engine::{StageContext, StageError};
 use serde_json::json;
 
 use super::common::{fail, load_dataset, load_model, save_model, set_threads};
+use super::gen::mix;
 use super::training::{fit, train};
 
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
@@ -18,14 +19,33 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     let system = &loaded.format.system;
     let mut examples = Vec::with_capacity(problems.len().div_ceil(chat_turns));
     // Consecutive problems share a conversation (the dataset's order is already shuffled).
-    for chat in problems.chunks(chat_turns.max(1)) {
-        let mut messages = Vec::with_capacity(1 + 2 * chat.len());
+    let repeat: f64 = get(&ctx.params, "repeat_questions")?;
+    let preambles: Vec<String> = get(&ctx.params, "preambles")?;
+    for (c, chat) in problems.chunks(chat_turns.max(1)).enumerate() {
+        let mut messages = Vec::with_capacity(1 + 4 * chat.len());
         if !system.is_empty() {
             messages.push(Message::new(Role::System, system.as_str()));
         }
-        for p in chat {
-            messages.push(Message::new(Role::User, p.question.as_str()));
+        // Every choice is drawn from the seed and the position only, so the examples depend on
+        // nothing else.
+        let ask = |question: &str, draw: u64| {
+            let pick = mix(draw, 2) % (preambles.len() as u64 + 1);
+            match preambles.get(pick as usize) {
+                Some(opening) => Message::new(Role::User, format!("{opening} {question}")),
+                None => Message::new(Role::User, question),
+            }
+        };
+        for (j, p) in chat.iter().enumerate() {
+            let draw = mix(ctx.seed, ((c as u64) << 20) | j as u64);
+            messages.push(ask(&p.question, draw));
             messages.push(Message::new(Role::Assistant, p.solution.as_str()));
+            // A user asking again something already answered gets the same answer.
+            let uniform = (draw >> 11) as f64 / (1u64 << 53) as f64;
+            if uniform < repeat {
+                let again = &chat[(mix(draw, 1) % (j as u64 + 1)) as usize];
+                messages.push(ask(&again.question, mix(draw, 3)));
+                messages.push(Message::new(Role::Assistant, again.solution.as_str()));
+            }
         }
         let (ids, loss_mask) =
             render_for_training_every_turn(&loaded.template, &loaded.tokenizer, &messages)
