@@ -141,11 +141,23 @@ impl Index {
         };
         // No background flusher: each transaction flushes once at its end, and the flusher
         // thread's shutdown would otherwise triple the cost of every short open/close.
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()
-            .map_err(err)?;
+        // We hold `index.lock`, so sled's own lock on `index/db` can only be held by a `Db` of
+        // this process that is still shutting down its background threads after the previous
+        // transaction dropped it: wait for it briefly.
+        let mut waited = std::time::Duration::ZERO;
+        let db = loop {
+            match sled::Config::new().path(path).flush_every_ms(None).open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && waited < std::time::Duration::from_secs(5) =>
+                {
+                    let step = std::time::Duration::from_millis(2);
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                other => break other.map_err(err)?,
+            }
+        };
         Ok(Index {
             results: db.open_tree(T_RESULTS).map_err(err)?,
             by_key: db.open_tree(T_BY_KEY).map_err(err)?,

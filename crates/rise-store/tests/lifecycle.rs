@@ -233,3 +233,28 @@ fn key_locks_exclude_and_scratch_round_trips() {
     store.remove_scratch(&key).unwrap();
     assert!(store.logs_dir().is_dir());
 }
+
+#[test]
+fn many_opens_of_one_new_store_at_once_all_succeed() {
+    for round in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        Store::open(&root).map(|_| ())
+                    })
+                })
+                .collect();
+            for h in handles {
+                if let Err(e) = h.join().unwrap() {
+                    panic!("round {round}: a concurrent first open failed: {e}");
+                }
+            }
+        });
+        assert!(Store::open(&root).unwrap().verify().unwrap().is_clean());
+    }
+}
