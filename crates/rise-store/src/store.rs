@@ -452,7 +452,11 @@ fn init_layout(root: &Path) -> Result<()> {
         let foreign = rd.flatten().any(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             // `.gitkeep`: the repository's default `store/` is committed empty but for it.
-            !LAYOUT.contains(&name.as_str()) && !name.starts_with("STORE.") && name != ".gitkeep"
+            // `STORE` itself: another process finished initialising since we looked.
+            !LAYOUT.contains(&name.as_str())
+                && name != "STORE"
+                && !name.starts_with("STORE.")
+                && name != ".gitkeep"
         });
         if foreign {
             return Err(StoreError::Io {
