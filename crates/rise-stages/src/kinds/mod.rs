@@ -185,6 +185,10 @@ macro_rules! sampling_fields {
 
 macro_rules! training_fields {
     ($lr:literal, $epochs:literal) => {
+        training_fields!($lr, $epochs;)
+    };
+    // The shared training fields, then the kind's own.
+    ($lr:literal, $epochs:literal; $($extra:expr),* $(,)?) => {
         [
             Field::new(
                 "lr",
@@ -235,6 +239,7 @@ macro_rules! training_fields {
                 "50",
                 "optimizer steps between resumable checkpoints",
             ),
+            $($extra,)*
         ]
     };
 }
@@ -305,18 +310,7 @@ pub static SFT: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["model", "data"],
     optional_inputs: &[],
-    fields: &{
-        let t = training_fields!("0.001", "3.0");
-        [
-            t[0],
-            t[1],
-            t[2],
-            t[3],
-            t[4],
-            t[5],
-            t[6],
-            t[7],
-            t[8],
+    fields: &training_fields!("0.001", "3.0";
             Field::new(
                 "chat_turns",
                 int(1, 64),
@@ -340,8 +334,7 @@ pub static SFT: KindSchema = KindSchema {
                  one of them, or none, with equal chance, so the model learns to find the \
                  question in a longer message",
             ),
-        ]
-    },
+    ),
     outputs: &[
         "config.json",
         "model.safetensors",
@@ -445,18 +438,7 @@ pub static TRAIN: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["data", "model"],
     optional_inputs: &["base"],
-    fields: &{
-        let t = training_fields!("0.0001", "2.0");
-        [
-            t[0],
-            t[1],
-            t[2],
-            t[3],
-            t[4],
-            t[5],
-            t[6],
-            t[7],
-            t[8],
+    fields: &training_fields!("0.0001", "2.0";
             Field::new(
                 "criterion",
                 Ty::Choice(&crate::examples::Criterion::NAMES),
@@ -487,8 +469,7 @@ pub static TRAIN: KindSchema = KindSchema {
                 "false",
                 "start from input `base` instead of `model` (ReST-EM style)",
             ),
-        ]
-    },
+    ),
     outputs: &[
         "config.json",
         "model.safetensors",

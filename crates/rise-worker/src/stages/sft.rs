@@ -1,4 +1,5 @@
-//! The `sft` kind: plain supervised fine-tuning on reference solutions as first-turn answers.
+//! The `sft` kind: plain supervised fine-tuning on reference solutions, one question per
+//! conversation or several (`chat_turns`).
 use rise_data::conversation::{render_for_training_every_turn, Message, Role};
 use rise_model::trainer::TrainExample;
 use rise_stages::kinds::dataset::write_json;
