@@ -396,39 +396,50 @@ impl Llama {
         causal: bool,
     ) -> Tensor {
         let groups = self.cfg.gqa_groups() as i64;
-        let (k, v) = if groups > 1 {
-            (repeat_kv(k, groups), repeat_kv(v, groups))
-        } else {
-            (k.shallow_clone(), v.shallow_clone())
-        };
-        match mask {
-            // No mask: the dispatcher's fused kernels (flash on CPU and CUDA) are exact here.
-            None => Tensor::scaled_dot_product_attention::<Tensor>(
-                q, &k, &v, None, 0.0, causal, None, false,
-            ),
-            Some(bias) => {
-                if self.device.is_cuda() && !self.efficient_unusable.load(Ordering::Relaxed) {
-                    // libtorch's default choice for masked decode on H100 is cuDNN attention,
-                    // which costs ~2.6 ms of CPU per call; the memory-efficient kernel does not.
-                    match efficient_attention(q, &k, &v, bias) {
-                        Some(out) => return out,
-                        None => self.efficient_unusable.store(true, Ordering::Relaxed),
-                    }
-                }
-                Tensor::internal_scaled_dot_product_attention_math::<Tensor>(
-                    q,
-                    &k,
-                    &v,
-                    Some(bias.shallow_clone()),
-                    0.0,
-                    false,
-                    None,
-                    None,
-                    false,
-                )
-                .0
+        let repeated = || {
+            if groups > 1 {
+                (repeat_kv(k, groups), repeat_kv(v, groups))
+            } else {
+                (k.shallow_clone(), v.shallow_clone())
             }
+        };
+        if let (Some(bias), true) = (mask, self.device.is_cuda()) {
+            if !self.efficient_unusable.load(Ordering::Relaxed) {
+                // libtorch's default choice for masked decode on H100 is cuDNN attention,
+                // which costs ~2.6 ms of CPU per call; the memory-efficient kernel does not.
+                let (k, v) = repeated();
+                match efficient_attention(q, &k, &v, bias) {
+                    Some(out) => return out,
+                    None => self.efficient_unusable.store(true, Ordering::Relaxed),
+                }
+            }
+            let (k, v) = repeated();
+            return Tensor::internal_scaled_dot_product_attention_math::<Tensor>(
+                q,
+                &k,
+                &v,
+                Some(bias.shallow_clone()),
+                0.0,
+                false,
+                None,
+                None,
+                false,
+            )
+            .0;
         }
+        // The dispatcher's fused kernels (flash on CPU, with or without an additive bias)
+        // read grouped KV heads directly (`enable_gqa`): repeating them would copy the whole
+        // cache on every decode step, which cost more than the attention itself.
+        Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask.map(Tensor::shallow_clone),
+            0.0,
+            causal,
+            None,
+            groups > 1,
+        )
     }
 
     /// Final-norm hidden states `[batch, t, hidden]` in the compute dtype.

@@ -140,8 +140,17 @@ fn sample_tokens(logits: &Tensor, params: &SamplingParams, uniforms: &[f64]) -> 
     let picks = if params.temperature == 0.0 {
         logits.argmax(-1, false)
     } else {
-        let (sorted, order) = (logits / params.temperature).sort(-1, true);
-        let vocab = sorted.size()[1];
+        let scaled = logits / params.temperature;
+        let vocab = scaled.size()[1];
+        let filtered = (params.top_k > 0 && (params.top_k as i64) < vocab) || params.top_p < 1.0;
+        // Inverse-CDF sampling is exact in any token order: sort only when top-k or top-p
+        // must cut the tail, since the sort costs about as much as a decoder layer here.
+        let (sorted, order) = if filtered {
+            let (sorted, order) = scaled.sort(-1, true);
+            (sorted, Some(order))
+        } else {
+            (scaled, None)
+        };
         if params.top_k > 0 && (params.top_k as i64) < vocab {
             let _ = sorted
                 .narrow(1, params.top_k as i64, vocab - params.top_k as i64)
@@ -162,9 +171,18 @@ fn sample_tokens(logits: &Tensor, params: &SamplingParams, uniforms: &[f64]) -> 
             * &total;
         let idx = u.searchsorted::<Tensor>(&cdf, false, true, "right", None);
         // Rounding can put u at the very top of the cdf; stay on a token with mass.
-        let last_kept = probs.gt(0.0).sum_dim_intlist(-1, true, Kind::Int64) - 1;
+        // (Sorted, the tokens with mass are a prefix; unsorted, take the highest index.)
+        let last_kept = if order.is_some() {
+            probs.gt(0.0).sum_dim_intlist(-1, true, Kind::Int64) - 1
+        } else {
+            let index = Tensor::arange(vocab, (Kind::Int64, probs.device()));
+            (probs.gt(0.0).to_kind(Kind::Int64) * index).amax(&[-1i64][..], true)
+        };
         let idx = idx.minimum(&last_kept);
-        order.gather(1, &idx, false).squeeze_dim(1)
+        match order {
+            Some(order) => order.gather(1, &idx, false).squeeze_dim(1),
+            None => idx.squeeze_dim(1),
+        }
     };
     Vec::<i64>::try_from(picks.to_device(Device::Cpu).to_kind(Kind::Int64))
         .expect("1-d int64 tensor")

@@ -2,7 +2,7 @@
 //! Mistral (explicit head_dim, sliding window) and Qwen2 (q/k/v bias, tied embeddings).
 mod common;
 
-use common::{fixture, ids, reference, ARCHS};
+use common::{device, fixture, ids, reference, ARCHS};
 use rise_model::checkpoint;
 use tch::{Device, Kind, Tensor};
 
@@ -17,10 +17,14 @@ fn logits_match_transformers_within_1e4() {
         let refs = reference(&dir);
         let expected =
             checkpoint::read_safetensors(&dir.join("reference_logits.safetensors")).unwrap();
-        let (_, model) = checkpoint::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let (_, model) = checkpoint::load(&dir, device(), Kind::Float).unwrap();
         for (i, seq) in refs["ids"].as_array().unwrap().iter().enumerate() {
-            let x = Tensor::from_slice(&ids(seq)).unsqueeze(0);
-            let logits = tch::no_grad(|| model.forward(&x, None, None, None)).squeeze_dim(0);
+            let x = Tensor::from_slice(&ids(seq))
+                .unsqueeze(0)
+                .to_device(device());
+            let logits = tch::no_grad(|| model.forward(&x, None, None, None))
+                .squeeze_dim(0)
+                .to_device(Device::Cpu);
             let want = &expected[&format!("logits.{i}")];
             let diff = max_abs(&logits, want);
             assert!(diff < 1e-4, "{arch} sequence {i}: max |Δlogit| = {diff:e}");
@@ -38,16 +42,23 @@ fn kv_cache_decode_matches_full_forward() {
     for arch in ARCHS {
         let dir = fixture(arch);
         let refs = reference(&dir);
-        let (cfg, model) = checkpoint::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let (cfg, model) = checkpoint::load(&dir, device(), Kind::Float).unwrap();
         let seq = ids(&refs["ids"][2]);
         let full = tch::no_grad(|| {
-            model.forward(&Tensor::from_slice(&seq).unsqueeze(0), None, None, None)
+            model.forward(
+                &Tensor::from_slice(&seq).unsqueeze(0).to_device(device()),
+                None,
+                None,
+                None,
+            )
         });
-        let mut cache = rise_model::KvCache::new(&cfg, 1, seq.len(), Kind::Float, Device::Cpu);
+        let mut cache = rise_model::KvCache::new(&cfg, 1, seq.len(), Kind::Float, device());
         let split = 5;
         let mut parts = vec![tch::no_grad(|| {
             model.forward(
-                &Tensor::from_slice(&seq[..split]).unsqueeze(0),
+                &Tensor::from_slice(&seq[..split])
+                    .unsqueeze(0)
+                    .to_device(device()),
                 None,
                 Some(&mut cache),
                 None,
@@ -56,7 +67,7 @@ fn kv_cache_decode_matches_full_forward() {
         for &tok in &seq[split..] {
             parts.push(tch::no_grad(|| {
                 model.forward(
-                    &Tensor::from_slice(&[tok]).view([1, 1]),
+                    &Tensor::from_slice(&[tok]).view([1, 1]).to_device(device()),
                     None,
                     Some(&mut cache),
                     None,
@@ -77,14 +88,14 @@ fn greedy_decoding_matches_transformers_token_for_token() {
     for arch in ARCHS {
         let dir = fixture(arch);
         let refs = reference(&dir);
-        let (cfg, model) = checkpoint::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let (cfg, model) = checkpoint::load(&dir, device(), Kind::Float).unwrap();
         let n_new = refs["greedy_new_tokens"].as_u64().unwrap() as usize;
         for case in refs["greedy"].as_array().unwrap() {
             let prompt = ids(&case["prompt_ids"]);
             let want = ids(&case["tokens"]);
             let mut cache =
-                rise_model::KvCache::new(&cfg, 1, prompt.len() + n_new, Kind::Float, Device::Cpu);
-            let mut input = Tensor::from_slice(&prompt).unsqueeze(0);
+                rise_model::KvCache::new(&cfg, 1, prompt.len() + n_new, Kind::Float, device());
+            let mut input = Tensor::from_slice(&prompt).unsqueeze(0).to_device(device());
             let mut got = Vec::new();
             for _ in 0..n_new {
                 let logits = tch::no_grad(|| model.forward(&input, None, Some(&mut cache), None));
@@ -93,7 +104,7 @@ fn greedy_decoding_matches_transformers_token_for_token() {
                 if cfg.eos_token_ids.contains(&(next as u32)) {
                     break;
                 }
-                input = Tensor::from_slice(&[next]).view([1, 1]);
+                input = Tensor::from_slice(&[next]).view([1, 1]).to_device(device());
             }
             assert_eq!(
                 got, want,

@@ -2,15 +2,15 @@
 //! left-padded batches, seeding, n samples, stop strings, top-k/top-p edge cases.
 mod common;
 
-use common::{fixture, ids, reference};
+use common::{device, fixture, ids, reference};
 use rise_model::sampler::{generate, generate_seeded, FinishReason, SamplingParams};
 use rise_model::tokenizer::Tokenizer;
 use rise_model::{checkpoint, Model};
-use tch::{Device, Kind};
+use tch::Kind;
 
 fn setup() -> (Model, Tokenizer, serde_json::Value) {
     let dir = fixture("llama");
-    let (_, model) = checkpoint::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let (_, model) = checkpoint::load(&dir, device(), Kind::Float).unwrap();
     (model, Tokenizer::from_dir(&dir).unwrap(), reference(&dir))
 }
 
@@ -32,7 +32,7 @@ fn prompts(refs: &serde_json::Value) -> Vec<Vec<u32>> {
 fn greedy_batch_matches_transformers_token_for_token() {
     for arch in common::ARCHS {
         let dir = fixture(arch);
-        let (_, model) = checkpoint::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let (_, model) = checkpoint::load(&dir, device(), Kind::Float).unwrap();
         let tok = Tokenizer::from_dir(&dir).unwrap();
         let refs = reference(&dir);
         let ps = prompts(&refs);
@@ -43,7 +43,7 @@ fn greedy_batch_matches_transformers_token_for_token() {
             max_new_tokens: refs["greedy_new_tokens"].as_u64().unwrap() as usize,
             ..Default::default()
         };
-        let out = generate(&model, &tok, &ps, &params, Device::Cpu).unwrap();
+        let out = generate(&model, &tok, &ps, &params, device()).unwrap();
         for (case, got) in refs["greedy"].as_array().unwrap().iter().zip(&out) {
             let want: Vec<u32> = ids(&case["tokens"]).into_iter().map(|t| t as u32).collect();
             assert_eq!(got[0].tokens, want, "{arch}: {}", case["prompt"]);
@@ -62,8 +62,8 @@ fn same_seed_same_samples_and_n_samples_differ() {
         seed: 11,
         ..Default::default()
     };
-    let a = generate(&model, &tok, &ps, &params, Device::Cpu).unwrap();
-    let b = generate(&model, &tok, &ps, &params, Device::Cpu).unwrap();
+    let a = generate(&model, &tok, &ps, &params, device()).unwrap();
+    let b = generate(&model, &tok, &ps, &params, device()).unwrap();
     assert_eq!(a, b);
     for samples in &a {
         assert_eq!(samples.len(), 4);
@@ -79,7 +79,7 @@ fn same_seed_same_samples_and_n_samples_differ() {
         &tok,
         &ps,
         &SamplingParams { seed: 12, ..params },
-        Device::Cpu,
+        device(),
     )
     .unwrap();
     assert_ne!(a, c, "a different seed gave the same samples");
@@ -97,7 +97,7 @@ fn left_padded_batch_equals_unpadded_single_runs() {
         ..Default::default()
     };
     let seeds: Vec<(u64, u64)> = (0..ps.len() as u64).map(|i| (5, 100 + i)).collect();
-    let batch = generate_seeded(&model, &tok, &ps, &seeds, &params, Device::Cpu).unwrap();
+    let batch = generate_seeded(&model, &tok, &ps, &seeds, &params, device()).unwrap();
     for (i, p) in ps.iter().enumerate() {
         let single = generate_seeded(
             &model,
@@ -105,7 +105,7 @@ fn left_padded_batch_equals_unpadded_single_runs() {
             std::slice::from_ref(p),
             &seeds[i..i + 1],
             &params,
-            Device::Cpu,
+            device(),
         )
         .unwrap();
         assert_eq!(
@@ -124,7 +124,7 @@ fn stop_strings_end_samples_and_are_cut_from_the_text() {
         max_new_tokens: 12,
         ..Default::default()
     };
-    let full = generate(&model, &tok, &ps[..1], &free, Device::Cpu)
+    let full = generate(&model, &tok, &ps[..1], &free, device())
         .unwrap()
         .remove(0)
         .remove(0);
@@ -139,7 +139,7 @@ fn stop_strings_end_samples_and_are_cut_from_the_text() {
         stop_strings: vec![stop.clone()],
         ..free
     };
-    let got = generate(&model, &tok, &ps[..1], &params, Device::Cpu)
+    let got = generate(&model, &tok, &ps[..1], &params, device())
         .unwrap()
         .remove(0)
         .remove(0);
@@ -158,7 +158,7 @@ fn top_k_one_and_tiny_top_p_are_greedy() {
         max_new_tokens: 10,
         ..Default::default()
     };
-    let want = generate(&model, &tok, &ps, &greedy, Device::Cpu).unwrap();
+    let want = generate(&model, &tok, &ps, &greedy, device()).unwrap();
     for params in [
         SamplingParams {
             temperature: 1.0,
@@ -173,7 +173,7 @@ fn top_k_one_and_tiny_top_p_are_greedy() {
             ..greedy.clone()
         },
     ] {
-        let got = generate(&model, &tok, &ps, &params, Device::Cpu).unwrap();
+        let got = generate(&model, &tok, &ps, &params, device()).unwrap();
         for (g, w) in got.iter().zip(&want) {
             assert!(g.iter().all(|c| c.tokens == w[0].tokens), "{params:?}");
         }
@@ -188,7 +188,7 @@ fn invalid_requests_name_the_problem() {
         &tok,
         &[vec![]],
         &SamplingParams::default(),
-        Device::Cpu,
+        device(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("prompt 0"), "{err}");
@@ -200,7 +200,7 @@ fn invalid_requests_name_the_problem() {
             top_p: 0.0,
             ..Default::default()
         },
-        Device::Cpu,
+        device(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("top_p"), "{err}");
@@ -209,7 +209,7 @@ fn invalid_requests_name_the_problem() {
         &tok,
         &[vec![99999]],
         &SamplingParams::default(),
-        Device::Cpu,
+        device(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("99999"), "{err}");

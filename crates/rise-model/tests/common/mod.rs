@@ -3,12 +3,29 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The repository root (two levels above this crate).
+/// The repository root: two levels above this crate, or `RISE_REPO_ROOT` when the test
+/// binary runs away from its build tree (the GPU machine gets a copy of the repository).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
+    match std::env::var_os("RISE_REPO_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    }
+    .canonicalize()
+    .expect("repo root")
+}
+
+/// Where the device-independent tests run their model: `RISE_TEST_DEVICE` (`cpu`,
+/// `cuda`, `cuda:N`), default CPU. CI has no GPU; `benches/gpu.sh` runs the same parity
+/// and sampler tests with `RISE_TEST_DEVICE=cuda` on the lent card.
+pub fn device() -> tch::Device {
+    match std::env::var("RISE_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => tch::Device::Cpu,
+        Ok("cuda") => tch::Device::Cuda(0),
+        Ok(other) => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => tch::Device::Cuda(n),
+            _ => panic!("RISE_TEST_DEVICE={other:?}: expected cpu, cuda or cuda:N"),
+        },
+    }
 }
 
 /// `.venv/bin/python`, checked to have transformers.
