@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """transformers (PyTorch eager) on the same weights and workload as `model_bench run`.
 
-Usage: .venv/bin/python benches/model_peer.py MODEL_DIR THREADS
+Usage: python benches/model_peer.py MODEL_DIR THREADS [cpu|cuda]
 Prints one JSON object: sampling (batch 32, prompt 32, 128 new tokens, temperature 1)
 and training (batch 16 x 256 tokens, AdamW, clip 1.0; 1 warm-up + 5 timed steps) tokens/s.
+On CUDA, as `model_bench`: sampling in bf16; training with fp32 weights under bf16 autocast.
 """
+import contextlib
 import json
 import sys
 import time
@@ -16,39 +18,58 @@ VOCAB, SAMPLE_BATCH, PROMPT_LEN, NEW_TOKENS = 1024, 32, 32, 128
 TRAIN_BATCH, TRAIN_LEN, TRAIN_STEPS = 16, 256, 5
 
 
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def main():
     model_dir, threads = sys.argv[1], int(sys.argv[2])
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
     torch.set_num_threads(threads)
     torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prompts = torch.randint(3, VOCAB, (SAMPLE_BATCH, PROMPT_LEN))
+    sample_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=sample_dtype).to(device).eval()
+    prompts = torch.randint(3, VOCAB, (SAMPLE_BATCH, PROMPT_LEN), device=device)
     mask = torch.ones_like(prompts)
     kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():
-        model.generate(prompts[:2], attention_mask=mask[:2], max_new_tokens=8, min_new_tokens=8, **kw)
+        # Warm up with the full batch, as model_bench does.
+        model.generate(prompts, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, **kw)
+        sync(device)
         t0 = time.perf_counter()
         out = model.generate(prompts, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **kw)
+        sync(device)
         sample_secs = time.perf_counter() - t0
     generated = (out.shape[1] - PROMPT_LEN) * SAMPLE_BATCH
+    attn = model.config._attn_implementation
+    del model
 
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-    data = torch.randint(3, VOCAB, (TRAIN_BATCH, TRAIN_LEN))
+    data = torch.randint(3, VOCAB, (TRAIN_BATCH, TRAIN_LEN), device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
+                else contextlib.nullcontext())
     start = None
     for step in range(TRAIN_STEPS + 1):
         if step == 1:
+            sync(device)
             start = time.perf_counter()
-        loss = model(input_ids=data, labels=data).loss
+        with autocast:
+            loss = model(input_ids=data, labels=data).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    sync(device)
     train_secs = time.perf_counter() - start
     train_tokens = TRAIN_BATCH * TRAIN_LEN * TRAIN_STEPS
     print(json.dumps({
         "impl": "transformers",
         "threads": threads,
-        "attn_implementation": model.config._attn_implementation,
+        "device": device,
+        "attn_implementation": attn,
         "sample_tokens": generated,
         "sample_secs": sample_secs,
         "sample_tokens_per_s": generated / sample_secs,

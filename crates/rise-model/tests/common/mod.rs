@@ -15,7 +15,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Where the device-independent tests run their model: `RISE_TEST_DEVICE` (`cpu`,
-/// `cuda`, `cuda:N`), default CPU. CI has no GPU; `benches/gpu.sh` runs the same parity
+/// `cuda`, `cuda:N`), default CPU. CI has no GPU; `benches/gpu/run.sh` runs the same parity
 /// and sampler tests with `RISE_TEST_DEVICE=cuda` on the lent card.
 pub fn device() -> tch::Device {
     match std::env::var("RISE_TEST_DEVICE").as_deref() {
