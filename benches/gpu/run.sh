@@ -20,9 +20,11 @@ D=.device
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt" 2>&1
 "$PY" -c 'import torch,transformers;print("torch",torch.__version__,"transformers",transformers.__version__)' >>"$OUT/gpu.txt" 2>&1
 
+# ONLY=REGEX runs just the steps whose names match (e.g. ONLY='bench|rise_ci').
 step() {
   local name=$1 limit=$2
   shift 2
+  [[ $name =~ ${ONLY:-.} ]] || return 0
   local t0=$(date +%s%N)
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
@@ -41,7 +43,7 @@ bench() {
 bench tiny 90
 step rise_ci_cuda 150 "$D/rise" --store /tmp/rise-store run pipelines/rise-ci.toml --device cuda --plain
 bench medium 120
-"$D/rise" --store /tmp/rise-store show report >"$OUT/report_show.txt" 2>&1
+[ -d /tmp/rise-store ] && "$D/rise" --store /tmp/rise-store show report >"$OUT/report_show.txt" 2>&1
 cp "$("$D/rise" --store /tmp/rise-store show report --json 2>/dev/null |
   "$PY" -c 'import json,sys;print(json.load(sys.stdin)["output_path"])')/report.md" "$OUT/" 2>/dev/null
 cat "$OUT/summary.txt"
