@@ -58,6 +58,10 @@ for i, name in enumerate(models):
     cw = [statistics.mean(f["correct_to_wrong"]["value"] for f in r["models"][i]["metrics"]["flips"]) for r in runs]
     wc = [statistics.mean(f["wrong_to_correct"]["value"] for f in r["models"][i]["metrics"]["flips"]) for r in runs]
     lines.append(f"- {name}: {ms(cw)} / {ms(wc)}")
+lines += ["", "Per seed (" + " / ".join(keys) + "):", ""]
+for s, r in zip(seeds, runs):
+    cells = "; ".join(f"{m['name']} " + " / ".join(f"{100*h['value']['value']:.1f}" for h in m["metrics"]["headline"]) for m in r["models"])
+    lines.append(f"- seed {s} ({secs[seeds.index(s)]} s): {cells}")
 lines += ["", "The paper's effects, per seed (holds / checked):", ""]
 for s, r in zip(seeds, runs):
     held = [e for e in r["effects"] if e["holds"]]
