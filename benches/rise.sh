@@ -17,7 +17,7 @@ for seed in $SEEDS; do
   sed -e "s/^seed = .*/seed = $seed/" -e "s#\"../configs/#\"$PWD/configs/#" pipelines/rise.toml > "$pipe"
   store="$work/store-$seed"
   start=$(date +%s)
-  "$RISE" --store "$store" run "$pipe" --plain --quiet
+  "$RISE" --store "$store" run "$pipe" --quiet
   end=$(date +%s)
   out=$("$RISE" --store "$store" show report --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["output_path"])')
   cp "$out/report.json" "$work/report-$seed.json"
