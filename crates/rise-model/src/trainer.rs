@@ -246,8 +246,9 @@ impl FlatState {
         buffer.narrow(0, *offset, n).view(shape.as_slice())
     }
 
-    /// The gradients as one flat tensor (one copy); a parameter without a gradient
-    /// contributes zeros.
+    /// The gradients as one flat tensor (one copy). A parameter without a gradient
+    /// contributes zeros, so weight decay and momentum still move it, where torch would skip
+    /// it; every Llama parameter takes part in every forward, so this does not arise.
     fn gather_grads(&self, params: &[(String, Tensor)]) -> Tensor {
         let parts: Vec<Tensor> = params
             .iter()
