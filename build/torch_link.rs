@@ -4,6 +4,7 @@
 //! - an rpath to the libtorch directory, so the binaries run without `LD_LIBRARY_PATH`;
 //! - `--no-as-needed` around `torch_cuda`: nothing references its symbols directly, so
 //!   the linker would otherwise drop it and CUDA would be silently unavailable.
+//!
 //! `DEP_TCH_LIBTORCH_LIB` is exported by torch-sys (`links = "tch"`), which is why both
 //! crates depend on torch-sys directly.
 use std::path::Path;

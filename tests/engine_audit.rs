@@ -62,3 +62,48 @@ fn audit_lock_rerun_and_corruption() {
     );
     assert_eq!(env.executed(), ["b"]);
 }
+
+#[test]
+fn lineage_lists_every_ancestor_once() {
+    // a diamond: d reads b and c, which both read a.
+    let env = Env::new();
+    let mut text = header("lineage");
+    text += &stage("a", &[], "n = 1");
+    text += &stage("b", &[("x", "a")], "n = 2");
+    text += &stage("c", &[("x", "a")], "n = 3");
+    text += &stage("d", &[("left", "b"), ("right", "c")], "n = 4");
+    let p = env.write("p.toml", &text);
+    env.ok(&["run", p.to_str().unwrap(), "--quiet"]);
+
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["lineage", "d", "--json"])).unwrap();
+    let stages: Vec<(u64, &str, &str)> = v["lineage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n["depth"].as_u64()?,
+                n["via"].as_str()?,
+                n["stage"].as_str()?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        vec![
+            (0, "", "d"),
+            (1, "left", "b"),
+            (2, "x", "a"),
+            (1, "right", "c"),
+            (2, "x", "a"),
+        ],
+        "{v}"
+    );
+    let text = env.ok(&["lineage", "d"]);
+    // The shared ancestor is expanded once and referred back to the second time.
+    assert_eq!(text.matches("(see above)").count(), 1, "{text}");
+    assert!(
+        text.lines().next().unwrap().starts_with("d [shell]"),
+        "{text}"
+    );
+}

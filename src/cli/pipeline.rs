@@ -852,67 +852,69 @@ fn cmd_lineage(
     let (id, m) = find_result(&store, what, pipeline)?;
     let pins: BTreeMap<ArtifactId, String> =
         store.pins()?.into_iter().map(|(n, a)| (a, n)).collect();
-    let mut lines = Vec::new();
-    let mut nodes = Vec::new();
-    let mut seen = BTreeSet::new();
-    fn walk(
-        store: &Store,
-        pins: &BTreeMap<ArtifactId, String>,
-        id: ResultId,
-        m: &ResultManifest,
-        depth: usize,
-        via: &str,
-        seen: &mut BTreeSet<ResultId>,
-        lines: &mut Vec<String>,
-        nodes: &mut Vec<serde_json::Value>,
-    ) -> Result<()> {
-        let indent = "  ".repeat(depth);
-        let repeat = !seen.insert(id);
-        lines.push(format!(
-            "{indent}{via}{} [{}] result {} output {}{}",
-            m.stage,
-            m.kind,
-            id.short(12),
-            m.output.short(12),
-            if repeat { " (see above)" } else { "" }
-        ));
-        nodes.push(json!({"depth": depth, "via": via.trim_end_matches(": "), "stage": m.stage, "kind": m.kind, "result": id, "output": m.output}));
-        if repeat {
-            return Ok(());
-        }
-        for (name, a) in &m.inputs {
-            match store.producer(a)? {
-                Some((pid, pm)) => walk(
-                    store,
-                    pins,
-                    pid,
-                    &pm,
-                    depth + 1,
-                    &format!("{name}: "),
-                    seen,
-                    lines,
-                    nodes,
-                )?,
-                None => {
-                    let root = pins.get(a).map_or("no producing result".to_string(), |p| {
-                        format!("pinned as {p}")
-                    });
-                    lines.push(format!(
-                        "{}  {name}: artifact {} ({root})",
-                        indent,
-                        a.short(12)
-                    ));
-                    nodes.push(
-                        json!({"depth": depth + 1, "via": name, "artifact": a, "root": root}),
-                    );
+    /// The walk's state: what has been printed, so shared ancestors are listed once.
+    struct Lineage<'a> {
+        store: &'a Store,
+        pins: BTreeMap<ArtifactId, String>,
+        seen: BTreeSet<ResultId>,
+        lines: Vec<String>,
+        nodes: Vec<serde_json::Value>,
+    }
+    impl Lineage<'_> {
+        fn walk(
+            &mut self,
+            id: ResultId,
+            m: &ResultManifest,
+            depth: usize,
+            via: &str,
+        ) -> Result<()> {
+            let indent = "  ".repeat(depth);
+            let repeat = !self.seen.insert(id);
+            self.lines.push(format!(
+                "{indent}{via}{} [{}] result {} output {}{}",
+                m.stage,
+                m.kind,
+                id.short(12),
+                m.output.short(12),
+                if repeat { " (see above)" } else { "" }
+            ));
+            self.nodes.push(json!({"depth": depth, "via": via.trim_end_matches(": "), "stage": m.stage, "kind": m.kind, "result": id, "output": m.output}));
+            if repeat {
+                return Ok(());
+            }
+            for (name, a) in &m.inputs {
+                match self.store.producer(a)? {
+                    Some((pid, pm)) => self.walk(pid, &pm, depth + 1, &format!("{name}: "))?,
+                    None => {
+                        let root = self
+                            .pins
+                            .get(a)
+                            .map_or("no producing result".to_string(), |p| {
+                                format!("pinned as {p}")
+                            });
+                        self.lines.push(format!(
+                            "{}  {name}: artifact {} ({root})",
+                            indent,
+                            a.short(12)
+                        ));
+                        self.nodes.push(
+                            json!({"depth": depth + 1, "via": name, "artifact": a, "root": root}),
+                        );
+                    }
                 }
             }
+            Ok(())
         }
-        Ok(())
     }
-    walk(
-        &store, &pins, id, &m, 0, "", &mut seen, &mut lines, &mut nodes,
-    )?;
+    let mut lineage = Lineage {
+        store: &store,
+        pins,
+        seen: BTreeSet::new(),
+        lines: Vec::new(),
+        nodes: Vec::new(),
+    };
+    lineage.walk(id, &m, 0, "")?;
+    let Lineage { lines, nodes, .. } = lineage;
     if json_out {
         print_json(&json!({ "result": id, "lineage": nodes }))?;
     } else {

@@ -680,7 +680,10 @@ impl<'a> Trainer<'a> {
         checkpoint::save(&tmp, self.model, self.model.config())?;
         let mut moments: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
         for (i, (name, _)) in self.params.iter().enumerate() {
-            let (m, v) = (self.flat.segment(&self.flat.exp_avg, i), self.flat.segment(&self.flat.exp_avg_sq, i));
+            let (m, v) = (
+                self.flat.segment(&self.flat.exp_avg, i),
+                self.flat.segment(&self.flat.exp_avg_sq, i),
+            );
             moments.push((
                 format!("exp_avg.{name}"),
                 m.to_device(Device::Cpu).contiguous(),

@@ -581,9 +581,9 @@ mod tests {
         let foreign = tmp.path().join("other");
         fs::create_dir(&foreign).unwrap();
         fs::write(foreign.join("notes.txt"), "mine").unwrap();
-        let err = Store::open(&foreign)
-            .err()
-            .expect("a foreign directory is refused");
+        let Err(err) = Store::open(&foreign) else {
+            panic!("a foreign directory must be refused");
+        };
         assert!(err.to_string().contains("not a rise store"), "{err}");
     }
 
