@@ -107,8 +107,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let out = generate(&sampler_model, &tok, &prompts, &params, device)?;
             sync(device);
             let sample_secs = t0.elapsed().as_secs_f64();
-            drop(sampler_model);
-            let (_, mut model) = checkpoint::load(&dir, device, Kind::Float)?;
+            // Training wants fp32 master weights: reload only if sampling used bf16.
+            let mut model = if sample_kind == Kind::Float {
+                sampler_model
+            } else {
+                drop(sampler_model);
+                checkpoint::load(&dir, device, Kind::Float)?.1
+            };
             let generated: usize = out.iter().flatten().map(|c| c.tokens.len()).sum();
             assert!(out
                 .iter()

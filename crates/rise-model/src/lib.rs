@@ -18,3 +18,16 @@ pub mod trainer;
 pub use checkpoint::{init_random, load, save, CheckpointError};
 pub use config::{ConfigError, LlamaConfig, RopeScaling};
 pub use llama::{KvCache, Llama, Model};
+
+/// The tch device named `cpu`, `cuda` (device 0) or `cuda:N`; `None` for any other name.
+/// Whether that device exists is the caller's check.
+pub fn parse_device(name: &str) -> Option<tch::Device> {
+    match name {
+        "cpu" => Some(tch::Device::Cpu),
+        "cuda" => Some(tch::Device::Cuda(0)),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(tch::Device::Cuda),
+    }
+}

@@ -396,24 +396,21 @@ impl Llama {
         causal: bool,
     ) -> Tensor {
         let groups = self.cfg.gqa_groups() as i64;
-        let repeated = || {
-            if groups > 1 {
+        if let (Some(bias), true) = (mask, self.device.is_cuda()) {
+            // Neither the memory-efficient nor the math kernel takes grouped heads here.
+            let (k, v) = if groups > 1 {
                 (repeat_kv(k, groups), repeat_kv(v, groups))
             } else {
                 (k.shallow_clone(), v.shallow_clone())
-            }
-        };
-        if let (Some(bias), true) = (mask, self.device.is_cuda()) {
+            };
             if !self.efficient_unusable.load(Ordering::Relaxed) {
                 // libtorch's default choice for masked decode on H100 is cuDNN attention,
                 // which costs ~2.6 ms of CPU per call; the memory-efficient kernel does not.
-                let (k, v) = repeated();
                 match efficient_attention(q, &k, &v, bias) {
                     Some(out) => return out,
                     None => self.efficient_unusable.store(true, Ordering::Relaxed),
                 }
             }
-            let (k, v) = repeated();
             return Tensor::internal_scaled_dot_product_attention_math::<Tensor>(
                 q,
                 &k,

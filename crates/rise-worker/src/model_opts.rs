@@ -28,13 +28,8 @@ impl ModelOpts {
     /// The parsed device.
     pub fn device(&self) -> Result<Device> {
         let d = self.device.trim();
-        let device = match d {
-            "cpu" => Device::Cpu,
-            "cuda" => Device::Cuda(0),
-            _ => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(i)) => Device::Cuda(i),
-                _ => bail!("--device {d:?}: expected cpu, cuda or cuda:N"),
-            },
+        let Some(device) = rise_model::parse_device(d) else {
+            bail!("--device {d:?}: expected cpu, cuda or cuda:N");
         };
         if let Device::Cuda(i) = device {
             let n = tch::Cuda::device_count() as usize;

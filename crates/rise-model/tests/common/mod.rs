@@ -19,12 +19,9 @@ pub fn repo_root() -> PathBuf {
 /// and sampler tests with `RISE_TEST_DEVICE=cuda` on the lent card.
 pub fn device() -> tch::Device {
     match std::env::var("RISE_TEST_DEVICE").as_deref() {
-        Err(_) | Ok("") | Ok("cpu") => tch::Device::Cpu,
-        Ok("cuda") => tch::Device::Cuda(0),
-        Ok(other) => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => tch::Device::Cuda(n),
-            _ => panic!("RISE_TEST_DEVICE={other:?}: expected cpu, cuda or cuda:N"),
-        },
+        Err(_) | Ok("") => tch::Device::Cpu,
+        Ok(name) => rise_model::parse_device(name)
+            .unwrap_or_else(|| panic!("RISE_TEST_DEVICE={name:?}: expected cpu, cuda or cuda:N")),
     }
 }
 

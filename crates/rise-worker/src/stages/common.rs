@@ -15,20 +15,10 @@ pub fn fail(ctx: &StageContext) -> impl Fn(&dyn std::fmt::Display) -> StageError
 /// The tch device for `cpu`, `cuda` or `cuda:N`.
 pub fn device(ctx: &StageContext) -> Result<Device, StageError> {
     let d = ctx.device.trim();
-    let device = match d {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => match d
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => Device::Cuda(n),
-            None => {
-                return Err(fail(ctx)(&format!(
-                    "unknown device `{d}` (expected cpu, cuda or cuda:N)"
-                )))
-            }
-        },
+    let Some(device) = rise_model::parse_device(d) else {
+        return Err(fail(ctx)(&format!(
+            "unknown device `{d}` (expected cpu, cuda or cuda:N)"
+        )));
     };
     if let Device::Cuda(n) = device {
         if !tch::Cuda::is_available() || n as i64 >= tch::Cuda::device_count() {
