@@ -223,17 +223,29 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
         let mut params = resolved.clone();
         let mut recorded = resolved.clone();
         let mut key_params = Canon::from_json(&resolved);
-        for path in kind.file_params(&resolved) {
+        let named = kind
+            .file_params(&resolved)
+            .into_iter()
+            .map(|path| (path, PathKind::File))
+            .chain(
+                kind.dir_params(&resolved)
+                    .into_iter()
+                    .map(|path| (path, PathKind::Dir)),
+            );
+        for (path, what) in named {
             let Some(Value::String(given)) = get_path(&resolved, &path) else {
                 errors.push(param_error(
                     &pipeline,
                     def,
                     kind.fields(),
-                    &ParamError::new(path.clone(), "names a file but is not a string"),
+                    &ParamError::new(
+                        path.clone(),
+                        format!("names a {} but is not a string", what.noun()),
+                    ),
                 ));
                 continue;
             };
-            let Some(found) = find_file(&pipeline, given) else {
+            let Some(found) = find_path(&pipeline, given, what) else {
                 errors.push(param_error(
                     &pipeline,
                     def,
@@ -241,7 +253,8 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
                     &ParamError::new(
                         path.clone(),
                         format!(
-                            "missing file `{given}` (looked in {} and in the current directory)",
+                            "missing {} `{given}` (looked in {} and in the current directory)",
+                            what.noun(),
                             pipeline.dir().display()
                         ),
                     ),
@@ -250,7 +263,7 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
             };
             let hash = match file_hashes.get(&found) {
                 Some(h) => *h,
-                None => match hash_file(&found) {
+                None => match what.hash(&found) {
                     Ok(h) => {
                         file_hashes.insert(found.clone(), h);
                         h
@@ -277,7 +290,7 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
             set_path(
                 &mut recorded,
                 &path,
-                serde_json::json!({ "file": given, "blake3": blake3::Hash::from(hash).to_hex().to_string() }),
+                serde_json::json!({ what.record_field(): given, "blake3": blake3::Hash::from(hash).to_hex().to_string() }),
             );
             key_params.replace(&path, Canon::File(hash));
         }
@@ -461,7 +474,38 @@ fn set_path(v: &mut Value, path: &str, with: Value) {
 
 /// A relative file param is looked up next to the pipeline file first, then in the current
 /// directory (so `config = "configs/x.toml"` works from the repository root too).
-fn find_file(p: &Pipeline, given: &str) -> Option<PathBuf> {
+/// What a path-valued param names.
+#[derive(Clone, Copy)]
+enum PathKind {
+    File,
+    Dir,
+}
+
+impl PathKind {
+    fn noun(self) -> &'static str {
+        match self {
+            PathKind::File => "file",
+            PathKind::Dir => "directory",
+        }
+    }
+
+    /// The field naming the path in the recorded params (`{"file": …, "blake3": …}`).
+    fn record_field(self) -> &'static str {
+        match self {
+            PathKind::File => "file",
+            PathKind::Dir => "dir",
+        }
+    }
+
+    fn hash(self, path: &Path) -> std::io::Result<[u8; 32]> {
+        match self {
+            PathKind::File => hash_file(path),
+            PathKind::Dir => hash_dir(path),
+        }
+    }
+}
+
+fn find_path(p: &Pipeline, given: &str, what: PathKind) -> Option<PathBuf> {
     let path = Path::new(given);
     let candidates = if path.is_absolute() {
         vec![path.to_path_buf()]
@@ -470,12 +514,79 @@ fn find_file(p: &Pipeline, given: &str) -> Option<PathBuf> {
     };
     candidates
         .into_iter()
-        .find(|c| c.is_file())
+        .find(|c| match what {
+            PathKind::File => c.is_file(),
+            PathKind::Dir => c.is_dir(),
+        })
         .map(|c| std::path::absolute(&c).unwrap_or(c))
 }
 
 fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
+    // Checkpoints run to gigabytes: memory-map and hash on every core.
+    hasher.update_mmap_rayon(path)?;
     Ok(*hasher.finalize().as_bytes())
+}
+
+/// Deepest directory nesting followed under a directory param: symlinked directories are
+/// followed (Hugging Face cache snapshots are links), and a link cycle must end somewhere.
+const MAX_DIR_DEPTH: usize = 16;
+
+/// A directory's content hash: over every file below it (symlinks followed, names starting
+/// with `.` skipped), in byte order of their `/`-separated relative paths, each as
+/// (path, size, blake3 of the content), length-prefixed. Names and contents count; mtimes
+/// and the directory's own location do not.
+fn hash_dir(root: &Path) -> std::io::Result<[u8; 32]> {
+    let mut files = Vec::new();
+    collect_files(root, String::new(), 0, &mut files)?;
+    files.sort();
+    let mut hasher = blake3::Hasher::new_derive_key("rise-engine directory content v1");
+    hasher.update(&(files.len() as u64).to_le_bytes());
+    for rel in &files {
+        let path = root.join(rel);
+        hasher.update(&(rel.len() as u64).to_le_bytes());
+        hasher.update(rel.as_bytes());
+        hasher.update(&std::fs::metadata(&path)?.len().to_le_bytes());
+        hasher.update(&hash_file(&path)?);
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+fn collect_files(
+    dir: &Path,
+    prefix: String,
+    depth: usize,
+    out: &mut Vec<String>,
+) -> std::io::Result<()> {
+    if depth > MAX_DIR_DEPTH {
+        return Err(std::io::Error::other(format!(
+            "more than {MAX_DIR_DEPTH} nested directories under it (a symlink cycle?)"
+        )));
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(std::io::Error::other(format!(
+                "{}: file name is not UTF-8",
+                entry.path().display()
+            )));
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        // `metadata` follows symlinks: a linked file counts by its target's content.
+        let meta = std::fs::metadata(entry.path())?;
+        if meta.is_dir() {
+            collect_files(&entry.path(), rel, depth + 1, out)?;
+        } else if meta.is_file() {
+            out.push(rel);
+        }
+    }
+    Ok(())
 }

@@ -101,6 +101,13 @@ pub trait Stage: Send + Sync {
     fn file_params(&self, _resolved: &serde_json::Value) -> Vec<String> {
         Vec::new()
     }
+    /// Dotted paths of resolved params that name directories (a Hugging Face checkpoint): the
+    /// content of every file under them, not the path, enters the key, so replacing a
+    /// checkpoint in place re-runs what was built from it. Entries whose name starts with `.`
+    /// are left out (`.git`, `.cache`: tool metadata that changes without the content).
+    fn dir_params(&self, _resolved: &serde_json::Value) -> Vec<String> {
+        Vec::new()
+    }
     /// Run the stage. Write outputs into `ctx.out_dir` only; keep resumable state in
     /// `ctx.scratch_dir`; poll `ctx.cancel` at convenient points.
     fn run(&self, ctx: &StageContext) -> Result<(), StageError>;

@@ -31,6 +31,9 @@ pub enum Ty {
     Choice(&'static [&'static str]),
     /// A file path (relative to the pipeline file); its content enters the cache key.
     File,
+    /// A directory path (relative to the pipeline file); the content of the files under it
+    /// enters the cache key.
+    Dir,
     /// A table, checked by the function (which returns the table with its defaults filled in).
     Table(fn(&Value) -> Result<Value, String>),
     /// A list of strings.
@@ -116,6 +119,7 @@ fn describe(ty: &Ty) -> String {
                 .join(", ")
         ),
         Ty::File => "a file path (string)".into(),
+        Ty::Dir => "a directory path (string)".into(),
         Ty::Table(_) => "a table".into(),
         Ty::StrList => "a list of strings".into(),
     }
@@ -142,7 +146,7 @@ fn check(field: &Field, v: &Value) -> Result<Value, String> {
         }
         Ty::Bool => v.as_bool().map(Value::from).ok_or_else(want),
         Ty::Text => v.as_str().map(|_| v.clone()).ok_or_else(want),
-        Ty::Str | Ty::File => match v.as_str() {
+        Ty::Str | Ty::File | Ty::Dir => match v.as_str() {
             Some(s) if !s.is_empty() => Ok(v.clone()),
             _ => Err(want()),
         },

@@ -48,9 +48,18 @@ impl KindSchema {
 
     /// The `File` params present in `resolved`.
     pub fn file_params(&self, resolved: &Value) -> Vec<String> {
+        self.params_of(resolved, |ty| matches!(ty, Ty::File))
+    }
+
+    /// The `Dir` params present in `resolved`.
+    pub fn dir_params(&self, resolved: &Value) -> Vec<String> {
+        self.params_of(resolved, |ty| matches!(ty, Ty::Dir))
+    }
+
+    fn params_of(&self, resolved: &Value, wanted: fn(&Ty) -> bool) -> Vec<String> {
         self.fields
             .iter()
-            .filter(|f| matches!(f.ty, Ty::File))
+            .filter(|f| wanted(&f.ty))
             .filter(|f| resolved.get(f.name).is_some_and(|v| !v.is_null()))
             .map(|f| f.name.to_string())
             .collect()
@@ -132,6 +141,9 @@ impl Stage for WorkerStage {
     }
     fn file_params(&self, resolved: &Value) -> Vec<String> {
         self.schema.file_params(resolved)
+    }
+    fn dir_params(&self, resolved: &Value) -> Vec<String> {
+        self.schema.dir_params(resolved)
     }
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         match self.run {
@@ -287,7 +299,7 @@ pub static MODEL: KindSchema = KindSchema {
     optional_inputs: &["tokenizer"],
     fields: &[
         Field::optional("config", Ty::File, "model size config (configs/*.toml): a fresh, seeded Llama-architecture model"),
-        Field::optional("hf_dir", Ty::Str, "a local Hugging Face checkpoint directory to import (config.json, model.safetensors, tokenizer.json)"),
+        Field::optional("hf_dir", Ty::Dir, "a local Hugging Face checkpoint directory to import (config.json, model.safetensors, tokenizer.json); its files' content enters the cache key"),
         Field::optional("system", Ty::Text, "system instruction for every conversation with this model (default: rise-data's step-by-step instruction; \"\" for none)"),
     ],
     outputs: &["config.json", "tokenizer.json", "rise.json"],

@@ -1,0 +1,65 @@
+//! A `model` stage that imports a Hugging Face directory (`hf_dir`) is keyed by the content of
+//! the files in it, not by its path (DESIGN §3): replacing a checkpoint in place re-runs what
+//! was built from it; moving it, or tool metadata in dot-directories, does not.
+mod rise_common;
+
+use rise_common::{describe, env_with, Env};
+use serde_json::Value;
+
+fn pipeline(dir: &str) -> String {
+    format!("[pipeline]\nname = \"import\"\n\n[stage.imported]\nkind = \"model\"\nparams = {{ hf_dir = {dir:?} }}\n")
+}
+
+/// The key `rise plan` computes for the `imported` stage.
+fn key(env: &Env) -> String {
+    let out = env.rise(&["plan", "PIPELINE", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --json");
+    plan["stages"][0]["key"].as_str().expect("key").to_string()
+}
+
+#[test]
+fn the_import_key_follows_the_checkpoint_content_not_its_path() {
+    let env = env_with(&pipeline("ckpt"));
+    let ckpt = env.dir.path().join("ckpt");
+    std::fs::create_dir_all(ckpt.join("sub")).unwrap();
+    std::fs::write(ckpt.join("config.json"), "{}").unwrap();
+    std::fs::write(ckpt.join("model.safetensors"), "weights v1").unwrap();
+    let first = key(&env);
+    assert_eq!(key(&env), first, "the key is stable");
+
+    std::fs::write(ckpt.join("model.safetensors"), "weights v2").unwrap();
+    let edited = key(&env);
+    assert_ne!(edited, first, "new weights in place must change the key");
+
+    std::fs::write(ckpt.join("sub/extra.json"), "[]").unwrap();
+    let added = key(&env);
+    assert_ne!(added, edited, "a new file below the directory counts");
+
+    std::fs::create_dir_all(ckpt.join(".cache/huggingface")).unwrap();
+    std::fs::write(ckpt.join(".cache/huggingface/meta"), "downloaded at noon").unwrap();
+    assert_eq!(key(&env), added, "dot-entries (tool metadata) do not count");
+
+    std::fs::rename(&ckpt, env.dir.path().join("moved")).unwrap();
+    std::fs::write(&env.pipeline, pipeline("moved")).unwrap();
+    assert_eq!(
+        key(&env),
+        added,
+        "the same content elsewhere has the same key"
+    );
+}
+
+#[test]
+fn a_missing_checkpoint_directory_names_the_field() {
+    let env = env_with(&pipeline("no/such/checkpoint"));
+    let out = env.rise(&["plan", "PIPELINE"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("params.hf_dir")
+            && err.contains("missing directory `no/such/checkpoint`")
+            && err.contains("pipeline.toml:6"),
+        "{}",
+        describe(&out)
+    );
+}
