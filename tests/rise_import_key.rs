@@ -63,3 +63,31 @@ fn a_missing_checkpoint_directory_names_the_field() {
         describe(&out)
     );
 }
+
+#[test]
+fn the_hash_cache_never_hides_an_edit() {
+    let env = env_with(&pipeline("ckpt"));
+    let ckpt = env.dir.path().join("ckpt");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    // Above the cache's 1 MiB threshold.
+    let weights = |byte: u8| vec![byte; 3 << 19];
+    std::fs::write(ckpt.join("model.safetensors"), weights(1)).unwrap();
+    // The first command validates the pipeline before the store exists, so it caches
+    // nothing; the second does.
+    let before = key(&env);
+    assert!(!env.store.join("cache").exists());
+    assert_eq!(key(&env), before, "the cache changes no key");
+    let cache = std::fs::read_to_string(env.store.join("cache/file-hashes.json"))
+        .expect("the hash of the large file is cached in the store");
+    assert!(cache.contains("model.safetensors"), "{cache}");
+    assert_eq!(key(&env), before, "a cache hit gives the same key");
+
+    // Same size, same name, new content: the metadata moved, so it is hashed again.
+    std::fs::write(ckpt.join("model.safetensors"), weights(2)).unwrap();
+    let edited = key(&env);
+    assert_ne!(
+        edited, before,
+        "an edit behind the cache must change the key"
+    );
+    assert_eq!(key(&env), edited);
+}

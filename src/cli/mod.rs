@@ -65,10 +65,27 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render_error(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, `: `-separated, each said once: library errors often include
+/// their source in their own message, which `{:#}` would then print a second time.
+fn render_error(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Logs go to stderr, filtered by `RISE_LOG` (e.g. `RISE_LOG=debug`); warnings by default.
@@ -80,4 +97,38 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_error;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        // Like rise-store's `StoreError::Io`: the source is in the message and in the chain.
+        #[derive(Debug)]
+        struct Wrapped {
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot open store /s: {}", self.source)
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let err = anyhow::Error::new(Wrapped {
+            source: std::io::Error::other("not a store"),
+        })
+        .context("cannot open store s");
+        assert_eq!(
+            render_error(&err),
+            "cannot open store s: cannot open store /s: not a store"
+        );
+        let plain = anyhow::anyhow!("disk full").context("cannot write x");
+        assert_eq!(render_error(&plain), "cannot write x: disk full");
+    }
 }

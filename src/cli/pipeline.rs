@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rise_engine::exec::{self, RunOptions, RunSummary, StageState};
+use rise_engine::hash_cache::HashCache;
 use rise_engine::lock::{LockEntry, LockFile, LockHeader};
 use rise_engine::plan::{self, Cache, PlanStatus};
 use rise_engine::progress::DisplayMode;
-use rise_engine::resolve::{resolve, Resolved};
+use rise_engine::resolve::{resolve_with_cache, Resolved};
 use rise_engine::{key::KEY_SCHEME_VERSION, pipeline::Pipeline, Registry};
 use rise_stages::format::HF_MODEL_FILES;
 use rise_store::{ArtifactId, ResultId, ResultManifest, Store};
@@ -240,9 +241,20 @@ pub fn run(cmd: Command, global: &Global) -> Result<ExitCode> {
 }
 
 /// Parse and validate before touching the store, so a bad file leaves the store unchanged.
-fn load(path: &Path, registry: &Registry) -> Result<Resolved> {
+/// Content hashes of large files named by params (checkpoints) are remembered in the store's
+/// `cache/` once the store exists, so later commands do not read them again.
+/// `rise dag` passes no store: it computes no keys worth remembering.
+fn load(path: &Path, registry: &Registry, store: Option<&Path>) -> Result<Resolved> {
     let pipeline = Pipeline::load(path).map_err(|e| anyhow!("{e}"))?;
-    resolve(pipeline, registry).map_err(|e| anyhow!("{e}"))
+    let cache = store
+        .and_then(Store::cache_dir)
+        .map(|dir| HashCache::open(&dir));
+    let resolved =
+        resolve_with_cache(pipeline, registry, cache.as_ref()).map_err(|e| anyhow!("{e}"))?;
+    if let Some(cache) = &cache {
+        cache.save();
+    }
+    Ok(resolved)
 }
 
 fn open_store(global: &Global) -> Result<Store> {
@@ -284,7 +296,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 
 fn cmd_run(args: RunArgs, global: &Global) -> Result<ExitCode> {
     let registry = registry();
-    let resolved = load(&args.p.pipeline, &registry)?;
+    let resolved = load(&args.p.pipeline, &registry, Some(&global.store))?;
     let store = open_store(global)?;
     let cancel = Arc::new(AtomicBool::new(false));
     exec::install_ctrlc(cancel.clone()).context("cannot install the Ctrl-C handler")?;
@@ -356,7 +368,7 @@ fn print_summary(summary: &RunSummary) {
 
 fn cmd_plan(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
     let registry = registry();
-    let resolved = load(&p.pipeline, &registry)?;
+    let resolved = load(&p.pipeline, &registry, Some(&global.store))?;
     let store = open_store(global)?;
     let cache = Cache::load(&store)?;
     let entries = plan::plan(&resolved, &cache)?;
@@ -396,7 +408,7 @@ fn cmd_plan(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
 
 fn cmd_explain(p: PipelineArgs, stage_name: &str, global: &Global) -> Result<ExitCode> {
     let registry = registry();
-    let resolved = load(&p.pipeline, &registry)?;
+    let resolved = load(&p.pipeline, &registry, Some(&global.store))?;
     let i = resolved.find(stage_name).map_err(|e| anyhow!(e))?;
     let stage = &resolved.stages[i];
     let store = open_store(global)?;
@@ -541,7 +553,7 @@ fn cmd_explain(p: PipelineArgs, stage_name: &str, global: &Global) -> Result<Exi
 
 fn cmd_status(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
     let registry = registry();
-    let resolved = load(&p.pipeline, &registry)?;
+    let resolved = load(&p.pipeline, &registry, Some(&global.store))?;
     let store = open_store(global)?;
     let cache = Cache::load(&store)?;
     let entries = plan::plan(&resolved, &cache)?;
@@ -586,7 +598,7 @@ fn cmd_status(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
 
 fn cmd_dag(p: PipelineArgs, dot: bool) -> Result<ExitCode> {
     let registry = registry();
-    let resolved = load(&p.pipeline, &registry)?;
+    let resolved = load(&p.pipeline, &registry, None)?;
     if dot {
         println!(
             "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];",
@@ -929,7 +941,7 @@ fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
     // Validate the pipeline first: a bad file must not touch the store.
     let registry = registry();
     let resolved = match &args.pipeline {
-        Some(p) => Some(load(p, &registry)?),
+        Some(p) => Some(load(p, &registry, Some(&global.store))?),
         None => None,
     };
     let lock = match &args.lock {
@@ -1148,7 +1160,7 @@ fn rerun(
 
 fn cmd_lock(p: PipelineArgs, output: Option<PathBuf>, global: &Global) -> Result<ExitCode> {
     let registry = registry();
-    let resolved = load(&p.pipeline, &registry)?;
+    let resolved = load(&p.pipeline, &registry, Some(&global.store))?;
     let store = open_store(global)?;
     let cache = Cache::load(&store)?;
     let entries = plan::plan(&resolved, &cache)?;

@@ -8,6 +8,7 @@
 pub mod child;
 pub mod error;
 pub mod exec;
+pub mod hash_cache;
 pub mod key;
 pub mod lock;
 pub mod pipeline;

@@ -7,6 +7,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
 use crate::error::{PipelineError, PipelineErrors};
+use crate::hash_cache::{hash_content, HashCache};
 use crate::key::{parse_path, Canon, PathSeg};
 use crate::pipeline::{suggest, Pipeline, StageDef, ENGINE_FIELDS};
 use crate::registry::Registry;
@@ -104,6 +105,16 @@ impl Resolved {
 /// Validate `pipeline` against `registry`. Every problem is reported, each with file, line and
 /// field.
 pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, PipelineErrors> {
+    resolve_with_cache(pipeline, registry, None)
+}
+
+/// [`resolve`], taking the content hashes of large files named by params from `cache` while
+/// their metadata is unchanged (and adding new ones to it; the caller saves it).
+pub fn resolve_with_cache(
+    pipeline: Pipeline,
+    registry: &Registry,
+    cache: Option<&HashCache>,
+) -> Result<Resolved, PipelineErrors> {
     let src = pipeline.source();
     let mut errors: Vec<PipelineError> = Vec::new();
     let index: BTreeMap<&str, usize> = pipeline
@@ -263,7 +274,7 @@ pub fn resolve(pipeline: Pipeline, registry: &Registry) -> Result<Resolved, Pipe
             };
             let hash = match file_hashes.get(&found) {
                 Some(h) => *h,
-                None => match what.hash(&found) {
+                None => match what.hash(&found, cache) {
                     Ok(h) => {
                         file_hashes.insert(found.clone(), h);
                         h
@@ -497,10 +508,10 @@ impl PathKind {
         }
     }
 
-    fn hash(self, path: &Path) -> std::io::Result<[u8; 32]> {
+    fn hash(self, path: &Path, cache: Option<&HashCache>) -> std::io::Result<[u8; 32]> {
         match self {
-            PathKind::File => hash_file(path),
-            PathKind::Dir => hash_dir(path),
+            PathKind::File => hash_file(path, cache),
+            PathKind::Dir => hash_dir(path, cache),
         }
     }
 }
@@ -521,11 +532,11 @@ fn find_path(p: &Pipeline, given: &str, what: PathKind) -> Option<PathBuf> {
         .map(|c| std::path::absolute(&c).unwrap_or(c))
 }
 
-fn hash_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut hasher = blake3::Hasher::new();
-    // Checkpoints run to gigabytes: memory-map and hash on every core.
-    hasher.update_mmap_rayon(path)?;
-    Ok(*hasher.finalize().as_bytes())
+fn hash_file(path: &Path, cache: Option<&HashCache>) -> std::io::Result<[u8; 32]> {
+    match cache {
+        Some(cache) => cache.hash_file(path),
+        None => hash_content(path),
+    }
 }
 
 /// Deepest directory nesting followed under a directory param: symlinked directories are
@@ -536,7 +547,7 @@ const MAX_DIR_DEPTH: usize = 16;
 /// with `.` skipped), in byte order of their `/`-separated relative paths, each as
 /// (path, size, blake3 of the content), length-prefixed. Names and contents count; mtimes
 /// and the directory's own location do not.
-fn hash_dir(root: &Path) -> std::io::Result<[u8; 32]> {
+fn hash_dir(root: &Path, cache: Option<&HashCache>) -> std::io::Result<[u8; 32]> {
     let mut files = Vec::new();
     collect_files(root, String::new(), 0, &mut files)?;
     files.sort();
@@ -547,7 +558,7 @@ fn hash_dir(root: &Path) -> std::io::Result<[u8; 32]> {
         hasher.update(&(rel.len() as u64).to_le_bytes());
         hasher.update(rel.as_bytes());
         hasher.update(&std::fs::metadata(&path)?.len().to_le_bytes());
-        hasher.update(&hash_file(&path)?);
+        hasher.update(&hash_file(&path, cache)?);
     }
     Ok(*hasher.finalize().as_bytes())
 }

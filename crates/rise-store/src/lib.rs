@@ -18,6 +18,8 @@
 //! locks/keys/<key>.lock per-stage-key locks; locks/runs/ records who holds run.lock
 //! run.lock              shared by runs, exclusive for gc
 //! tmp/                  per-process staging areas, cleaned when their process is gone
+//! cache/                disposable caches of the engine (file-content hashes); never read
+//!                       as store data, safe to delete
 //! ```
 //!
 //! # Invariants

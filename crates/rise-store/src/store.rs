@@ -57,6 +57,13 @@ fn unique_suffix() -> String {
 }
 
 impl Store {
+    /// `root/cache`, the directory for disposable caches, if `root` is an initialised store of
+    /// this format (without opening it: callers use it before validating their input).
+    pub fn cache_dir(root: &Path) -> Option<PathBuf> {
+        let marker = fs::read_to_string(root.join("STORE")).ok()?;
+        (marker == FORMAT_MARKER).then(|| root.join("cache"))
+    }
+
     /// Opens the store at `root`, creating its layout if needed, and removes temp files left by
     /// writers that are no longer running.
     ///
@@ -432,7 +439,7 @@ impl Store {
 
 /// Top-level names a store may contain; a directory holding only these (and no `STORE`) is a
 /// store whose initialisation was interrupted or is under way in another process.
-const LAYOUT: [&str; 12] = [
+const LAYOUT: [&str; 13] = [
     "objects",
     "results",
     "pins",
@@ -445,6 +452,7 @@ const LAYOUT: [&str; 12] = [
     "index",
     "index.lock",
     "run.lock",
+    "cache",
 ];
 
 fn init_layout(root: &Path) -> Result<()> {
