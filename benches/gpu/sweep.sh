@@ -7,10 +7,11 @@
 #
 #   benches/gpu/sweep.sh VARIANTS [SEEDS] [PARALLEL]
 #
-# VARIANTS: one variant per line, `name|sed expression` (applied to pipelines/rise.toml; an
-# empty expression is the default pipeline). Each run's evaluation metrics and samples go to
-# $OUT/sweep.tar.gz (analysed at home with benches/sweep_summary.py), one line per finished
-# run to $OUT/sweep.txt as the runs end, so a timeout still returns what finished.
+# VARIANTS: one variant per line, `name|sed expression` applied to pipelines/rise.toml (an
+# empty expression is the default pipeline); benches/gpu/variants.txt is the sweep reported in
+# benches/RESULTS.md. Each run's evaluation metrics and samples go to $OUT/sweep.tar.gz
+# (summarised at home with benches/sweep_summary.py), and one line per finished run to
+# $OUT/sweep.txt as the runs end, so a timeout still returns what finished.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 VARIANTS=$1
