@@ -483,8 +483,6 @@ fn set_path(v: &mut Value, path: &str, with: Value) {
     *node = with;
 }
 
-/// A relative file param is looked up next to the pipeline file first, then in the current
-/// directory (so `config = "configs/x.toml"` works from the repository root too).
 /// What a path-valued param names.
 #[derive(Clone, Copy)]
 enum PathKind {
@@ -516,6 +514,8 @@ impl PathKind {
     }
 }
 
+/// A relative path param is looked up next to the pipeline file first, then in the current
+/// directory (so `config = "configs/x.toml"` works from the repository root too).
 fn find_path(p: &Pipeline, given: &str, what: PathKind) -> Option<PathBuf> {
     let path = Path::new(given);
     let candidates = if path.is_absolute() {
