@@ -1,47 +1,11 @@
 //! Helpers for the model CLI tests: the tiny HF fixtures and the two binaries.
 #![allow(dead_code)]
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `.venv/bin/python` with transformers, or a failure that says how to get it.
-pub fn python() -> PathBuf {
-    let py = repo_root().join(".venv/bin/python");
-    let ok = py.exists()
-        && Command::new(&py)
-            .args(["-c", "import transformers, safetensors, tokenizers"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    assert!(
-        ok,
-        "{} lacks transformers: run `just setup-test` (scripts/setup --test)",
-        py.display()
-    );
-    py
-}
-
-/// `tests/fixtures/models/<arch>`, built on demand (idempotent, concurrency-safe script).
-pub fn fixture(arch: &str) -> PathBuf {
-    let models = repo_root().join("tests/fixtures/models");
-    let status = Command::new(python())
-        .arg(repo_root().join("tests/fixtures/make_tiny_models.py"))
-        .arg(&models)
-        .status()
-        .expect("run make_tiny_models.py");
-    assert!(
-        status.success(),
-        "tests/fixtures/make_tiny_models.py failed"
-    );
-    models.join(arch)
-}
-
-pub fn reference(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
-}
+#[path = "../../crates/rise-model/tests/common/fixtures.rs"]
+mod fixtures;
+pub use fixtures::*;
 
 /// `rise ARGS` with the worker found next to it. `cargo test -p rise` does not build the
 /// worker binary, so a missing one is a clear failure rather than a skipped test.
@@ -67,5 +31,3 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
-
-pub const ARCHS: [&str; 3] = ["llama", "mistral", "qwen2"];
