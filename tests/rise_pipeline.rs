@@ -73,6 +73,14 @@ fn the_whole_pipeline_reports_every_metric_for_every_model() {
         }
         assert_eq!(metrics["per_turn"].as_array().unwrap().len(), 5);
         assert_eq!(metrics["flips"].as_array().unwrap().len(), 4);
+        // After the feedback vs between parallel samples: 12 problems, 4 consecutive pairs
+        // each, split between "after right" and "after wrong".
+        let t = &metrics["transitions"];
+        for kind in ["sequential", "parallel"] {
+            let pairs = t[format!("{kind}_after_right")]["n"].as_u64().unwrap()
+                + t[format!("{kind}_after_wrong")]["n"].as_u64().unwrap();
+            assert_eq!(pairs, 12 * 4, "{kind}: {t}");
+        }
         // Every model has a row with every headline metric in the markdown table.
         let row = md
             .lines()
@@ -87,6 +95,7 @@ fn the_whole_pipeline_reports_every_metric_for_every_model() {
         "p1@t5",
         "Accuracy at each turn",
         "Flips between consecutive turns",
+        "After the feedback",
         "qualitative effects",
     ] {
         assert!(md.contains(key), "report.md lacks {key}:\n{md}");

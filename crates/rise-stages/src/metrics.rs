@@ -10,7 +10,11 @@
 //!   recent turn among the tied answers (the headline number);
 //! - `p1@t{n}`: some turn among the n is correct (what an oracle that stops at the first correct
 //!   answer would score; pass@k over turns, never to be read as a majority vote);
-//! - accuracy at each turn, and the flips between consecutive turns.
+//! - accuracy at each turn, and the flips between consecutive turns;
+//! - transitions: how often the next sequential turn is right after a right / a wrong one, next
+//!   to how often the next parallel sample is. A model that uses the feedback well beats the
+//!   parallel rate after a wrong answer without losing it after a right one; that is what makes
+//!   `m1@t{n}` beat `m{k}@t1`.
 //!
 //! Every proportion carries a 95% Wilson score interval.
 use serde::{Deserialize, Serialize};
@@ -163,6 +167,40 @@ pub struct Flip {
     pub wrong_to_correct: Proportion,
 }
 
+/// How often a right answer follows a right / a wrong one: between consecutive sequential turns
+/// (after the always-"incorrect" feedback) and, for comparison, between consecutive parallel
+/// samples (independent draws of turn 1). Pooled over all consecutive pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transitions {
+    pub sequential_after_right: Proportion,
+    pub sequential_after_wrong: Proportion,
+    pub parallel_after_right: Proportion,
+    pub parallel_after_wrong: Proportion,
+}
+
+impl Transitions {
+    fn compute(problems: &[ProblemEval]) -> Transitions {
+        let rate = |chains: &dyn Fn(&ProblemEval) -> &[GradedAnswer], after_right: bool| {
+            let (mut right_next, mut pairs) = (0, 0);
+            for p in problems {
+                for pair in chains(p).windows(2) {
+                    if pair[0].correct == after_right {
+                        pairs += 1;
+                        right_next += u64::from(pair[1].correct);
+                    }
+                }
+            }
+            Proportion::new(right_next, pairs)
+        };
+        Transitions {
+            sequential_after_right: rate(&|p| &p.sequential, true),
+            sequential_after_wrong: rate(&|p| &p.sequential, false),
+            parallel_after_right: rate(&|p| &p.parallel, true),
+            parallel_after_wrong: rate(&|p| &p.parallel, false),
+        }
+    }
+}
+
 /// Everything `evaluate` reports for one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
@@ -176,6 +214,9 @@ pub struct EvalMetrics {
     /// Accuracy at turn 1..=n of the sequential chain.
     pub per_turn: Vec<Proportion>,
     pub flips: Vec<Flip>,
+    /// Absent in results of evaluate version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transitions: Option<Transitions>,
 }
 
 impl EvalMetrics {
@@ -300,6 +341,7 @@ pub fn compute(
         headline,
         per_turn,
         flips,
+        transitions: Some(Transitions::compute(problems)),
     })
 }
 
@@ -402,6 +444,14 @@ mod tests {
         assert_eq!(m.flips[1].correct_to_wrong.successes, 1);
         assert_eq!(m.flips[1].wrong_to_correct.successes, 0);
         assert_eq!(m.get("m1@t3").unwrap().n, 4);
+        // Sequential pairs: a RR RR, b WR RR, c WR RW, d WW WW.
+        // Parallel pairs:   a RW WR, b WW WR, c WW WW, d WW WW.
+        let t = m.transitions.expect("transitions");
+        let pair = |p: Proportion| (p.successes, p.n);
+        assert_eq!(pair(t.sequential_after_right), (3, 4));
+        assert_eq!(pair(t.sequential_after_wrong), (2, 4));
+        assert_eq!(pair(t.parallel_after_right), (0, 1));
+        assert_eq!(pair(t.parallel_after_wrong), (2, 7));
     }
 
     #[test]

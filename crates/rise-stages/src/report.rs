@@ -254,6 +254,35 @@ impl Report {
         }
         let _ = writeln!(
             s,
+            "\n## After the feedback: sequential turns against parallel samples\n\n\
+             Percent of next answers that are right, after a right and after a wrong answer: \
+             the next sequential turn (after \"incorrect\", always) / the next parallel \
+             sample (an independent draw). Sequential beats parallel at equal compute when \
+             the model fixes wrong answers more often than a fresh draw does and keeps right \
+             ones about as often.\n\n\
+             | model | right after right (seq / par) | right after wrong (seq / par) |\n\
+             |---|---|---|"
+        );
+        for r in &self.models {
+            match &r.metrics.transitions {
+                Some(t) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} / {} | {} / {} |",
+                        r.name,
+                        pct(&t.sequential_after_right),
+                        pct(&t.parallel_after_right),
+                        pct(&t.sequential_after_wrong),
+                        pct(&t.parallel_after_wrong)
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "| {} | n/a (evaluated by an older rise) | n/a |", r.name);
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
             "\n## The paper's qualitative effects, checked on these numbers\n"
         );
         if self.effects.is_empty() {

@@ -498,7 +498,8 @@ pub static TRAIN: KindSchema = KindSchema {
 
 pub static EVALUATE: KindSchema = KindSchema {
     kind: "evaluate",
-    version: 1,
+    // 2: metrics.json has `transitions` (right after right / wrong, sequential vs parallel).
+    version: 2,
     execution: WORKER_GPU,
     required_inputs: &["model", "data"],
     optional_inputs: &[],

@@ -10,7 +10,8 @@ use crate::report::{ModelResult, Report};
 
 pub static SCHEMA: KindSchema = KindSchema {
     kind: "report",
-    version: 1,
+    // 2: the "After the feedback" table.
+    version: 2,
     execution: Execution::InProcess,
     required_inputs: &[],
     optional_inputs: &[],
