@@ -58,13 +58,12 @@ for i, name in enumerate(models):
     cw = [statistics.mean(f["correct_to_wrong"]["value"] for f in r["models"][i]["metrics"]["flips"]) for r in runs]
     wc = [statistics.mean(f["wrong_to_correct"]["value"] for f in r["models"][i]["metrics"]["flips"]) for r in runs]
     lines.append(f"- {name}: {ms(cw)} / {ms(wc)}")
-if all(m["metrics"].get("transitions") for r in runs for m in r["models"]):
-    lines += ["", "After the feedback (% right next, mean ± sd over seeds): after a right answer, "
-              "sequential / parallel; after a wrong answer, sequential / parallel.", ""]
-    for i, name in enumerate(models):
-        t = lambda k: ms([r["models"][i]["metrics"]["transitions"][k]["value"] for r in runs])
-        lines.append(f"- {name}: {t('sequential_after_right')} / {t('parallel_after_right')}; "
-                     f"{t('sequential_after_wrong')} / {t('parallel_after_wrong')}")
+lines += ["", "After the feedback (% right next, mean ± sd over seeds): after a right answer, "
+          "sequential / parallel; after a wrong answer, sequential / parallel.", ""]
+for i, name in enumerate(models):
+    t = lambda k: ms([r["models"][i]["metrics"]["transitions"][k]["value"] for r in runs])
+    lines.append(f"- {name}: {t('sequential_after_right')} / {t('parallel_after_right')}; "
+                 f"{t('sequential_after_wrong')} / {t('parallel_after_wrong')}")
 lines += ["", "Per seed (" + " / ".join(keys) + "):", ""]
 for s, r in zip(seeds, runs):
     cells = "; ".join(f"{m['name']} " + " / ".join(f"{100*h['value']['value']:.1f}" for h in m["metrics"]["headline"]) for m in r["models"])

@@ -44,8 +44,13 @@ const VERSION: u32 = 1;
 /// A cache of file content hashes, kept in `DIR/file-hashes.json`.
 pub struct HashCache {
     file: PathBuf,
-    entries: Mutex<Entries>,
-    dirty: Mutex<bool>,
+    state: Mutex<State>,
+}
+
+struct State {
+    entries: Entries,
+    /// Entries were added since the file was read.
+    dirty: bool,
 }
 
 impl HashCache {
@@ -63,8 +68,10 @@ impl HashCache {
             });
         HashCache {
             file,
-            entries: Mutex::new(entries),
-            dirty: Mutex::new(false),
+            state: Mutex::new(State {
+                entries,
+                dirty: false,
+            }),
         }
     }
 
@@ -84,22 +91,26 @@ impl HashCache {
         // The file may have changed while it was read; remember it only if it did not.
         if std::fs::metadata(path).map(|m| self::fingerprint(&m)).ok() == Some(fingerprint.clone())
         {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries.files.insert(
+            let mut state = self.state();
+            state.entries.files.insert(
                 key,
                 Entry {
                     fingerprint,
                     blake3: blake3::Hash::from(hash).to_hex().to_string(),
                 },
             );
-            *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            state.dirty = true;
         }
         Ok(hash)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lookup(&self, key: &Path, fingerprint: &Fingerprint) -> Option<[u8; 32]> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.files.get(key)?;
+        let state = self.state();
+        let entry = state.entries.files.get(key)?;
         if &entry.fingerprint != fingerprint {
             return None;
         }
@@ -111,16 +122,16 @@ impl HashCache {
     /// Writes new entries, if any, atomically. Entries for files that no longer exist are
     /// dropped. Failure is not an error (the cache only saves time), so it is only logged.
     pub fn save(&self) {
-        if !*self.dirty.lock().unwrap_or_else(|e| e.into_inner()) {
+        let mut state = self.state();
+        if !state.dirty {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.files.retain(|path, _| path.exists());
+        state.entries.files.retain(|path, _| path.exists());
         let result = (|| -> std::io::Result<()> {
             let dir = self.file.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
             let tmp = tempfile::NamedTempFile::new_in(dir)?;
-            serde_json::to_writer(&tmp, &*entries)?;
+            serde_json::to_writer(&tmp, &state.entries)?;
             tmp.persist(&self.file).map_err(|e| e.error)?;
             Ok(())
         })();
@@ -190,7 +201,7 @@ mod tests {
         // A new process sees the saved entry...
         let reopened = HashCache::open(&dir.path().join("cache"));
         assert_eq!(reopened.hash_file(&file).unwrap(), first);
-        assert!(!*reopened.dirty.lock().unwrap(), "a hit adds nothing");
+        assert!(!reopened.state().dirty, "a hit adds nothing");
 
         // ...and a rewrite of the same size (new ctime) is hashed again.
         std::fs::write(&file, big(2)).unwrap();
@@ -209,8 +220,8 @@ mod tests {
         // Poison the entry: a stale hash under the same fingerprint would be believed, under
         // another fingerprint it must not be.
         {
-            let mut entries = cache.entries.lock().unwrap();
-            let entry = entries.files.values_mut().next().unwrap();
+            let mut state = cache.state();
+            let entry = state.entries.files.values_mut().next().unwrap();
             entry.blake3 = blake3::hash(b"stale").to_hex().to_string();
             entry.fingerprint.ino ^= 1;
         }

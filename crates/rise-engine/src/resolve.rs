@@ -553,12 +553,11 @@ fn hash_dir(root: &Path, cache: Option<&HashCache>) -> std::io::Result<[u8; 32]>
     files.sort();
     let mut hasher = blake3::Hasher::new_derive_key("rise-engine directory content v1");
     hasher.update(&(files.len() as u64).to_le_bytes());
-    for rel in &files {
-        let path = root.join(rel);
+    for (rel, size) in &files {
         hasher.update(&(rel.len() as u64).to_le_bytes());
         hasher.update(rel.as_bytes());
-        hasher.update(&std::fs::metadata(&path)?.len().to_le_bytes());
-        hasher.update(&hash_file(&path, cache)?);
+        hasher.update(&size.to_le_bytes());
+        hasher.update(&hash_file(&root.join(rel), cache)?);
     }
     Ok(*hasher.finalize().as_bytes())
 }
@@ -567,7 +566,7 @@ fn collect_files(
     dir: &Path,
     prefix: String,
     depth: usize,
-    out: &mut Vec<String>,
+    out: &mut Vec<(String, u64)>,
 ) -> std::io::Result<()> {
     if depth > MAX_DIR_DEPTH {
         return Err(std::io::Error::other(format!(
@@ -596,7 +595,7 @@ fn collect_files(
         if meta.is_dir() {
             collect_files(&entry.path(), rel, depth + 1, out)?;
         } else if meta.is_file() {
-            out.push(rel);
+            out.push((rel, meta.len()));
         }
     }
     Ok(())

@@ -214,9 +214,7 @@ pub struct EvalMetrics {
     /// Accuracy at turn 1..=n of the sequential chain.
     pub per_turn: Vec<Proportion>,
     pub flips: Vec<Flip>,
-    /// Absent in results of evaluate version 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transitions: Option<Transitions>,
+    pub transitions: Transitions,
 }
 
 impl EvalMetrics {
@@ -341,7 +339,7 @@ pub fn compute(
         headline,
         per_turn,
         flips,
-        transitions: Some(Transitions::compute(problems)),
+        transitions: Transitions::compute(problems),
     })
 }
 
@@ -446,7 +444,7 @@ mod tests {
         assert_eq!(m.get("m1@t3").unwrap().n, 4);
         // Sequential pairs: a RR RR, b WR RR, c WR RW, d WW WW.
         // Parallel pairs:   a RW WR, b WW WR, c WW WW, d WW WW.
-        let t = m.transitions.expect("transitions");
+        let t = m.transitions;
         let pair = |p: Proportion| (p.successes, p.n);
         assert_eq!(pair(t.sequential_after_right), (3, 4));
         assert_eq!(pair(t.sequential_after_wrong), (2, 4));

@@ -264,22 +264,16 @@ impl Report {
              |---|---|---|"
         );
         for r in &self.models {
-            match &r.metrics.transitions {
-                Some(t) => {
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} / {} | {} / {} |",
-                        r.name,
-                        pct(&t.sequential_after_right),
-                        pct(&t.parallel_after_right),
-                        pct(&t.sequential_after_wrong),
-                        pct(&t.parallel_after_wrong)
-                    );
-                }
-                None => {
-                    let _ = writeln!(s, "| {} | n/a (evaluated by an older rise) | n/a |", r.name);
-                }
-            }
+            let t = &r.metrics.transitions;
+            let _ = writeln!(
+                s,
+                "| {} | {} / {} | {} / {} |",
+                r.name,
+                pct(&t.sequential_after_right),
+                pct(&t.parallel_after_right),
+                pct(&t.sequential_after_wrong),
+                pct(&t.parallel_after_wrong)
+            );
         }
         let _ = writeln!(
             s,
