@@ -18,7 +18,8 @@ use rise_store::{ArtifactId, ResultId, ResultManifest, StageKey, Store, StoreErr
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::child::{describe_status, run_child, LineSink};
+use crate::child::{run_child, LineSink};
+use crate::orphans::{StageProcesses, STAGE_TOKEN_VAR};
 use crate::plan::{stage_key, Cache, CacheCheck};
 use crate::progress::{Display, DisplayMode};
 use crate::protocol::{Event, StageSpec};
@@ -218,15 +219,19 @@ pub fn new_run_id() -> String {
     format!("{}-{}", compact.replace('.', ""), std::process::id())
 }
 
-/// Install the Ctrl-C handler: the first press sets `cancel` and kills running stage
-/// processes (the run then stops cleanly, committing nothing for them and keeping scratch);
-/// a second press exits at once (still safe: commits are crash-safe).
+/// Install the handler for Ctrl-C (SIGINT), SIGTERM and SIGHUP (a closed terminal, a batch
+/// system's stop): the first signal sets `cancel` and kills every running stage's process group
+/// (the run then stops cleanly, committing nothing for them, keeping their scratch and writing
+/// the cancelled run record); a second one exits at once (still safe: commits are crash-safe,
+/// and processes that outlive the engine are killed before their key runs again, see
+/// [`crate::orphans`]).
 pub fn install_ctrlc(cancel: Arc<AtomicBool>) -> Result<(), ctrlc::Error> {
     ctrlc::set_handler(move || {
         if cancel.swap(true, Ordering::SeqCst) {
+            crate::child::kill_all_children();
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: stopping running stages (press Ctrl-C again to exit at once)");
+        eprintln!("\ninterrupted: stopping running stages (interrupt again to exit at once)");
         crate::child::kill_all_children();
     })
 }
@@ -331,6 +336,10 @@ pub fn run(
     let mut checked = vec![false; n];
     let mut running = 0usize;
     let mut gpu_busy = false;
+    // Twin keys (stages whose kind, params and inputs are identical) execute once per run: a
+    // twin waits while its key runs, then takes the result.
+    let mut executing: HashMap<StageKey, usize> = HashMap::new();
+    let mut finished_keys: HashMap<StageKey, usize> = HashMap::new();
     let (tx, rx) = mpsc::channel::<(usize, StageState)>();
     std::thread::scope(|scope| -> Result<(), RunError> {
         loop {
@@ -374,6 +383,19 @@ pub fn run(
                         continue;
                     }
                     let key = *keys[i].get_or_insert_with(|| stage_key(stage, &inputs));
+                    if let Some(&twin) = finished_keys.get(&key) {
+                        states[i] = Some(take_twin(
+                            &shared,
+                            stage,
+                            &resolved.stages[twin],
+                            states[twin].as_ref(),
+                        )?);
+                        progressed = true;
+                        continue;
+                    }
+                    if executing.contains_key(&key) {
+                        continue;
+                    }
                     if !checked[i] {
                         checked[i] = true;
                         match cache.check(&key)? {
@@ -406,6 +428,7 @@ pub fn run(
                     }
                     running += 1;
                     gpu_busy |= gpu;
+                    executing.insert(key, i);
                     let tx = tx.clone();
                     let shared = &shared;
                     scope.spawn(move || {
@@ -423,6 +446,12 @@ pub fn run(
             running -= 1;
             if resolved.stages[i].execution.uses_gpu() {
                 gpu_busy = false;
+            }
+            if let Some(key) = keys[i] {
+                executing.remove(&key);
+                if !matches!(state, StageState::NotRun) {
+                    finished_keys.insert(key, i);
+                }
             }
             states[i] = Some(state);
         }
@@ -472,13 +501,55 @@ pub fn run(
     Ok(summary)
 }
 
+/// The state of stage `stage` whose twin `twin` (same key) finished in this run: its result,
+/// adopted under this stage's name, or its failure.
+fn take_twin(
+    sh: &Shared<'_>,
+    stage: &ResolvedStage,
+    twin: &ResolvedStage,
+    twin_state: Option<&StageState>,
+) -> Result<StageState, RunError> {
+    let same = format!("same key as {}", twin.name);
+    let result = match twin_state {
+        Some(
+            StageState::Executed { result, .. }
+            | StageState::Cached { result, .. }
+            | StageState::Reused { result, .. },
+        ) => *result,
+        Some(StageState::Failed { error, log }) => {
+            sh.display
+                .finished(&stage.name, "FAILED", &format!("{same}, which failed"));
+            return Ok(StageState::Failed {
+                error: format!("{same}, which failed: {error}"),
+                log: log.clone(),
+            });
+        }
+        Some(StageState::Skipped { because }) => {
+            return Ok(StageState::Skipped {
+                because: because.clone(),
+            })
+        }
+        Some(StageState::NotRun) | None => return Ok(StageState::NotRun),
+    };
+    let manifest = sh.store.read_result(&result)?;
+    let output = manifest.output;
+    sh.display.finished(
+        &stage.name,
+        "cached",
+        &format!("{} ({same})", output.short(12)),
+    );
+    let result = adopt(sh, stage, result, manifest)?;
+    Ok(StageState::Cached { result, output })
+}
+
 /// Make a cached result this pipeline stage's latest. The index's "latest result of (pipeline,
 /// stage)" drives `rise show STAGE`, `rise status` and gc's roots, so after reverting an edit (or
 /// reusing another pipeline's result) it must point at the result this run used, not at the
 /// newer one that no longer matches. The store has no "repoint latest" operation, so the
 /// manifest is re-committed under this pipeline and stage with a fresh `finished_at`: the same
 /// key and output, attributed to this run. Nothing is written when latest already matches
-/// (the no-op re-run case).
+/// (the no-op re-run case), nor when latest is another result of the same key and output (a
+/// twin stage's: both twins keep their own, and a no-op re-run writes nothing).
 fn adopt(
     sh: &Shared<'_>,
     stage: &ResolvedStage,
@@ -486,8 +557,15 @@ fn adopt(
     manifest: ResultManifest,
 ) -> Result<ResultId, RunError> {
     let pipeline = &sh.resolved.pipeline.name;
-    if sh.cache.latest_id(pipeline, &stage.name) == Some(result) {
-        return Ok(result);
+    if let Some(latest) = sh.cache.latest_id(pipeline, &stage.name) {
+        if latest == result {
+            return Ok(result);
+        }
+        if let Ok(current) = sh.store.read_result(&latest) {
+            if current.key == manifest.key && current.output == manifest.output {
+                return Ok(latest);
+            }
+        }
     }
     let now = now_rfc3339();
     let adopted = ResultManifest {
@@ -683,20 +761,36 @@ fn execute_inner(
     let t0 = Instant::now();
     let sink: LineSink = {
         let log = log.clone();
-        Arc::new(move |line: &str| log.line(line))
+        Arc::new(move |line: &[u8]| log.bytes(line))
+    };
+    // Child processes carry a token that outlives this engine: see `orphans`.
+    let claim_processes = || -> Result<StageProcesses, StageError> {
+        let (processes, reaped) = StageProcesses::claim(sh.store, &key, sh.run_id, &stage.name)
+            .map_err(|e| {
+                StageError::with_source("cannot clear processes left by an earlier run", e)
+            })?;
+        if let Some(reaped) = reaped {
+            let note = format!(
+                "run {} was killed while running this stage; killed {} of its processes still \
+                 running, so its scratch has one writer again",
+                reaped.run_id, reaped.killed
+            );
+            log.line(&format!("# {note}"));
+            sh.display.line(&format!("{}: {note}", stage.name));
+        }
+        Ok(processes)
     };
     match stage.execution {
         Execution::Shell => {
+            let processes = claim_processes()?;
             let mut cmd = shell_command(&ctx)?;
+            cmd.env(STAGE_TOKEN_VAR, processes.token());
             // Commands run where the pipeline file is, so relative script paths in `cmd` mean
             // the same thing whatever directory `rise run` was started from.
             cmd.current_dir(std::path::absolute(sh.resolved.pipeline.dir())?);
-            let status = run_child(cmd, &sink, &progress, &sh.opts.cancel)?;
-            if !status.success() {
-                return Err(StageError::msg(format!(
-                    "command failed: {}",
-                    describe_status(&status)
-                )));
+            let exit = run_child(cmd, &sink, &progress, &sh.opts.cancel)?;
+            if !exit.success() {
+                return Err(StageError::msg(exit.failure("command")));
             }
         }
         Execution::Worker { .. } => {
@@ -722,16 +816,17 @@ fn execute_inner(
             };
             spec.write(&spec_path)
                 .map_err(|e| StageError::msg(e.to_string()))?;
+            let processes = claim_processes()?;
             let mut cmd = Command::new(worker);
-            cmd.arg("stage").arg(&spec_path);
-            let status = run_child(cmd, &sink, &progress, &sh.opts.cancel)?;
+            cmd.arg("stage")
+                .arg(&spec_path)
+                .env(STAGE_TOKEN_VAR, processes.token());
+            let exit = run_child(cmd, &sink, &progress, &sh.opts.cancel)?;
             let _ = std::fs::remove_dir_all(&spec_dir);
-            if !status.success() {
-                return Err(StageError::msg(format!(
-                    "{} stage failed: {}",
-                    worker.display(),
-                    describe_status(&status)
-                )));
+            if !exit.success() {
+                return Err(StageError::msg(
+                    exit.failure(&format!("{} stage", worker.display())),
+                ));
             }
         }
         Execution::InProcess => {
@@ -783,7 +878,7 @@ fn execute_inner(
     let result = sh.store.commit_result(&manifest).map_err(store_err)?;
     tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: committed");
     sh.cache.mark_valid(output);
-    sh.cache.mark_committed(result);
+    sh.cache.record_commit(key, result);
     // An untouched scratch directory is just an empty directory: rmdir it directly and leave
     // anything else to the store.
     if std::fs::remove_dir(&ctx.scratch_dir).is_ok() {

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod hash_cache;
 pub mod key;
 pub mod lock;
+pub mod orphans;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -125,10 +125,19 @@ impl<'s> Cache<'s> {
         Some(new)
     }
 
-    /// Remember a result committed by this run.
+    /// Remember a result as seen (its marker will not be read again by [`Cache::check_live`]).
     pub fn mark_committed(&self, id: ResultId) {
         if let Ok(mut known) = self.known.lock() {
             known.insert(id);
+        }
+    }
+
+    /// Remember a result committed by this process under `key`, so that a later
+    /// [`Cache::check_live`] of the same key finds it (a run must not execute a key twice).
+    pub fn record_commit(&self, key: StageKey, id: ResultId) {
+        self.mark_committed(id);
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(key, id);
         }
     }
 
