@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{ConfigError, LlamaConfig};
+use crate::config::{ConfigError, LlamaConfig, MemoryBudget, WeightPlacement};
 use crate::llama::Model;
 
 /// Errors loading or saving a checkpoint directory.
@@ -163,20 +163,46 @@ fn tensor_from_view(view: &TensorView<'_>) -> Option<Tensor> {
 }
 
 /// Loads `dir` (config + safetensors weights) onto `device`, converting weights to `kind`
-/// (`Kind::Float`, `Kind::BFloat16` or `Kind::Half`).
-///
-/// Files are memory-mapped and copied one tensor at a time, so peak host memory is the
-/// model in `kind` plus one tensor. Every tensor the architecture needs must be present
-/// with the right shape; unknown extra tensors are an error too (they mean the config
-/// does not describe these weights), except rotary buffers some exporters include.
+/// (`Kind::Float`, `Kind::BFloat16` or `Kind::Half`), within this machine's memory and
+/// `RISE_MAX_PARAMS` ([`MemoryBudget::from_env`]); see [`load_within`].
 pub fn load(
     dir: &Path,
     device: Device,
     kind: Kind,
 ) -> Result<(LlamaConfig, Model), CheckpointError> {
+    load_within(dir, device, kind, &MemoryBudget::from_env()?)
+}
+
+/// Where weights of `kind` on `device` live, for [`LlamaConfig::check_budget`].
+pub fn placement(device: Device, kind: Kind) -> WeightPlacement {
+    WeightPlacement {
+        dtype: match kind {
+            Kind::Double => "float64",
+            other => dtype_name(other),
+        },
+        bytes_per_param: kind.elt_size_in_bytes() as u64,
+        on_host: device == Device::Cpu,
+    }
+}
+
+/// [`load`] within an explicit `budget`.
+///
+/// The config is checked against the budget before any tensor is allocated, so a config
+/// with an absurd size is an error naming its fields, not a libtorch panic or an
+/// out-of-memory kill. Files are memory-mapped and copied one tensor at a time, so peak host
+/// memory is the model in `kind` plus one tensor. Every tensor the architecture needs must be
+/// present with the right shape; unknown extra tensors are an error too (they mean the config
+/// does not describe these weights), except rotary buffers some exporters include.
+pub fn load_within(
+    dir: &Path,
+    device: Device,
+    kind: Kind,
+    budget: &MemoryBudget,
+) -> Result<(LlamaConfig, Model), CheckpointError> {
     let files = weight_files(dir)?;
     let cfg = LlamaConfig::from_path(dir)?;
-    let model = Model::zeros(&cfg, device, kind);
+    cfg.check_budget(&dir.join("config.json"), placement(device, kind), budget)?;
+    let model = Model::try_zeros(&cfg, device, kind)?;
     let vars = model.vs.variables();
     let mut loaded: HashSet<String> = HashSet::new();
     for path in &files {
@@ -243,9 +269,22 @@ pub fn load(
 }
 
 /// A fresh model for `cfg`, initialised as transformers would (normal(0, 0.02)), fp32 on
-/// the CPU; identical for identical seeds.
+/// the CPU; identical for identical seeds. Panics if an allocation fails: for a config from
+/// a user, use [`init_random_within`].
 pub fn init_random(cfg: &LlamaConfig, seed: u64) -> Model {
     Model::random(cfg, seed, Device::Cpu, Kind::Float)
+}
+
+/// [`init_random`], after checking `cfg` (read from `origin`) against `budget`, and with a
+/// failed allocation as an error.
+pub fn init_random_within(
+    cfg: &LlamaConfig,
+    origin: &Path,
+    seed: u64,
+    budget: &MemoryBudget,
+) -> Result<Model, CheckpointError> {
+    cfg.check_budget(origin, placement(Device::Cpu, Kind::Float), budget)?;
+    Ok(Model::try_random(cfg, seed, Device::Cpu, Kind::Float)?)
 }
 
 fn dtype_name(kind: Kind) -> &'static str {

@@ -37,6 +37,18 @@ pub enum ConfigError {
         /// What is wrong and what is accepted.
         message: String,
     },
+    /// The model the config describes is larger than this machine's memory or `--max-params`
+    /// allows. Refused before any tensor is allocated.
+    #[error("{path}: {message}")]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
+        /// The parameter count by part, the fields behind the largest part, and the limit.
+        message: String,
+    },
+    /// `RISE_MAX_PARAMS` (or `--max-params`) is not a parameter count.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// How rotary position frequencies are rescaled for long contexts.
@@ -205,6 +217,15 @@ impl LlamaConfig {
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+        if kv_heads == 0 {
+            return Err(invalid("num_key_value_heads", "must be positive".into()));
+        }
+        if kv_heads > heads {
+            return Err(invalid(
+                "num_key_value_heads",
+                format!("{kv_heads} exceeds num_attention_heads = {heads}; each key/value head serves a group of query heads"),
+            ));
+        }
         if heads.checked_rem(kv_heads) != Some(0) {
             return Err(invalid(
                 "num_key_value_heads",
@@ -231,6 +252,12 @@ impl LlamaConfig {
             ));
         }
         let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
+        if max_position_embeddings == 0 {
+            return Err(invalid(
+                "max_position_embeddings",
+                "must be positive".into(),
+            ));
+        }
 
         // The newer `rope_parameters` wins; it may also carry `rope_theta` itself.
         let (rope_field, rope_value) = match (&raw.rope_parameters, &raw.rope_scaling) {
@@ -294,6 +321,38 @@ impl LlamaConfig {
             }
             Some(_) => return Err(invalid(rope_field, "must be an object".into())),
         };
+        // Every rope number divides or exponentiates: zero, negative or non-finite values give
+        // NaN or infinite frequencies, never an error, so they are refused here.
+        let positive = |field: String, v: f64| -> Result<(), ConfigError> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(invalid(
+                    &field,
+                    format!("{v} must be a positive, finite number"),
+                ))
+            }
+        };
+        match &rope_scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => positive(format!("{rope_field}.factor"), *factor)?,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive(format!("{rope_field}.factor"), *factor)?;
+                positive(format!("{rope_field}.low_freq_factor"), *low_freq_factor)?;
+                positive(format!("{rope_field}.high_freq_factor"), *high_freq_factor)?;
+                if *original_max_position_embeddings == 0 {
+                    return Err(invalid(
+                        &format!("{rope_field}.original_max_position_embeddings"),
+                        "must be positive".into(),
+                    ));
+                }
+            }
+        }
         if let RopeScaling::Llama3 {
             low_freq_factor,
             high_freq_factor,
@@ -308,6 +367,19 @@ impl LlamaConfig {
             }
         }
         let rope_theta = rope_theta.unwrap_or(10_000.0);
+        // `rope_parameters.rope_theta` wins over the top-level field, so name the one used.
+        let theta_field = if raw
+            .rope_parameters
+            .as_ref()
+            .is_some_and(|v| v.get("rope_theta").is_some())
+        {
+            "rope_parameters.rope_theta"
+        } else {
+            "rope_theta"
+        };
+        positive(theta_field.to_string(), rope_theta)?;
+        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        positive("rms_norm_eps".to_string(), rms_norm_eps)?;
 
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let qkv_bias = attention_bias || model_type == "qwen2";
@@ -342,7 +414,7 @@ impl LlamaConfig {
             (_, _, Some(Value::Number(n))) => n.as_u64().map(|n| n as usize),
             _ => None,
         };
-        Ok(LlamaConfig {
+        let cfg = LlamaConfig {
             model_type,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
@@ -352,7 +424,7 @@ impl LlamaConfig {
             num_key_value_heads: kv_heads,
             head_dim,
             max_position_embeddings,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
@@ -367,7 +439,24 @@ impl LlamaConfig {
                 .torch_dtype
                 .or(raw.dtype)
                 .unwrap_or_else(|| "float32".to_string()),
-        })
+        };
+        // A parameter count that does not even fit in 64 bits (or in libtorch's signed sizes)
+        // is refused here; whether a representable one fits this machine is
+        // [`LlamaConfig::check_budget`]'s question.
+        let size = cfg
+            .size()
+            .map_err(|e| invalid(&e.fields, e.message.clone()))?;
+        if size.total > MAX_REPRESENTABLE_PARAMS {
+            return Err(invalid(
+                size.largest_part().fields,
+                format!(
+                    "the model would have {} parameters ({}), more than libtorch can address",
+                    size.total,
+                    size.breakdown(&cfg)
+                ),
+            ));
+        }
+        Ok(cfg)
     }
 
     /// A small from-scratch Llama (the default tiny model of the CPU pipeline).
@@ -496,28 +585,449 @@ impl LlamaConfig {
         self.num_attention_heads / self.num_key_value_heads
     }
 
-    /// The number of parameters (embedding counted once when tied).
+    /// The number of parameters (embedding counted once when tied); `usize::MAX` for a
+    /// hand-built config whose count overflows (a parsed one never does).
     pub fn num_parameters(&self) -> usize {
-        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
-        let q = self.num_attention_heads * d;
-        let kv = self.num_key_value_heads * d;
-        let mut layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h;
+        self.size().map_or(usize::MAX, |s| {
+            usize::try_from(s.total).unwrap_or(usize::MAX)
+        })
+    }
+
+    /// The parameter count by part, in checked arithmetic: absurd field values give an error
+    /// naming the fields whose product overflows, never a wrapped number.
+    pub fn size(&self) -> Result<ModelSize, SizeOverflow> {
+        let (h, i, d) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.head_dim as u64,
+        );
+        let vocab = self.vocab_size as u64;
+        let q = mul(
+            self.num_attention_heads as u64,
+            d,
+            "num_attention_heads, head_dim",
+        )?;
+        let kv = mul(
+            self.num_key_value_heads as u64,
+            d,
+            "num_key_value_heads, head_dim",
+        )?;
+        let attn_fields = "hidden_size, num_attention_heads, num_key_value_heads, head_dim";
+        // q, k, v: hidden -> heads * head_dim (k and v with the key/value heads); o: back.
+        let qkv_out = add(q, mul(2, kv, attn_fields)?, attn_fields)?;
+        let mut attention = add(
+            mul(h, qkv_out, attn_fields)?,
+            mul(q, h, attn_fields)?,
+            attn_fields,
+        )?;
         if self.qkv_bias {
-            layer += q + 2 * kv;
+            attention = add(attention, qkv_out, attn_fields)?;
         }
         if self.o_bias {
-            layer += h;
+            attention = add(attention, h, attn_fields)?;
         }
+        let mlp_fields = "hidden_size, intermediate_size";
+        // gate and up: hidden -> intermediate; down: back.
+        let mut mlp = mul(3, mul(h, i, mlp_fields)?, mlp_fields)?;
         if self.mlp_bias {
-            layer += 2 * i + h;
+            mlp = add(mlp, add(mul(2, i, mlp_fields)?, h, mlp_fields)?, mlp_fields)?;
         }
-        let head = if self.tie_word_embeddings {
+        let layer_fields = "hidden_size, intermediate_size, num_attention_heads";
+        let per_layer = add(
+            add(attention, mlp, layer_fields)?,
+            mul(2, h, "hidden_size")?,
+            layer_fields,
+        )?;
+        let layers = mul(
+            self.num_hidden_layers as u64,
+            per_layer,
+            "num_hidden_layers, hidden_size, intermediate_size",
+        )?;
+        let embedding = mul(vocab, h, "vocab_size, hidden_size")?;
+        let lm_head = if self.tie_word_embeddings {
             0
         } else {
-            self.vocab_size * h
+            embedding
         };
-        self.vocab_size * h + self.num_hidden_layers * layer + h + head
+        let total_fields = "vocab_size, hidden_size, num_hidden_layers";
+        let total = add(
+            add(add(embedding, lm_head, total_fields)?, layers, total_fields)?,
+            h,
+            total_fields,
+        )?;
+        // norms 2, q k v o 4, gate up down 3, and the optional biases.
+        let per_layer_tensors = 9
+            + 3 * u64::from(self.qkv_bias)
+            + u64::from(self.o_bias)
+            + 3 * u64::from(self.mlp_bias);
+        let tensors = (self.num_hidden_layers as u64)
+            .saturating_mul(per_layer_tensors)
+            .saturating_add(2 + u64::from(!self.tie_word_embeddings));
+        Ok(ModelSize {
+            embedding,
+            attention,
+            mlp,
+            per_layer,
+            layers,
+            lm_head,
+            final_norm: h,
+            total,
+            tensors,
+        })
     }
+
+    /// Refuses, before anything is allocated, a model that this process cannot hold: more
+    /// parameters than `budget.max_params`, or weights (when they live in host memory) plus
+    /// every tensor's bookkeeping (wherever its data lives) over `budget.host_bytes`.
+    /// `origin` names the config in the error, which lists the parameters by part and the
+    /// fields behind the largest.
+    pub fn check_budget(
+        &self,
+        origin: &Path,
+        weights: WeightPlacement,
+        budget: &MemoryBudget,
+    ) -> Result<ModelSize, ConfigError> {
+        let size = self.size().map_err(|e| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            field: e.fields.clone(),
+            message: e.message,
+        })?;
+        let largest = size.largest_part();
+        let too_large = |limit: String| ConfigError::TooLarge {
+            path: origin.to_path_buf(),
+            message: format!(
+                "the model has {} parameters ({}); {limit}. The largest part is {}: check `{}`",
+                size.total,
+                size.breakdown(self),
+                largest.name,
+                largest.fields
+            ),
+        };
+        if let Some(max) = budget.max_params {
+            if size.total > max {
+                return Err(too_large(format!(
+                    "that is more than --max-params (RISE_MAX_PARAMS) = {max} allows"
+                )));
+            }
+        }
+        if let Some(limit) = budget.host_bytes {
+            let weight_bytes = if weights.on_host {
+                u128::from(size.total) * u128::from(weights.bytes_per_param)
+            } else {
+                0
+            };
+            let bookkeeping = u128::from(size.tensors) * u128::from(TENSOR_OVERHEAD_BYTES);
+            let need = weight_bytes + bookkeeping;
+            if need > u128::from(limit) {
+                let what = if weights.on_host {
+                    format!(
+                        "in {} its weights take {} (plus {} of tensor bookkeeping)",
+                        weights.dtype,
+                        human_bytes(weight_bytes),
+                        human_bytes(bookkeeping)
+                    )
+                } else {
+                    format!(
+                        "its {} tensors alone need {} of host memory for their bookkeeping",
+                        size.tensors,
+                        human_bytes(bookkeeping)
+                    )
+                };
+                return Err(too_large(format!(
+                    "{what}, but this process may use at most {} for them ({})",
+                    human_bytes(u128::from(limit)),
+                    budget.host_source
+                )));
+            }
+        }
+        Ok(size)
+    }
+}
+
+/// Most parameters any config may describe: every size libtorch sees is a signed 64-bit
+/// number, and bytes = parameters × up to 8 must fit in one too.
+pub const MAX_REPRESENTABLE_PARAMS: u64 = (i64::MAX / 8) as u64;
+
+/// Host memory one tensor costs besides its data (libtorch's tensor and storage objects, the
+/// variable's name and map entry, allocator rounding): measured at a few hundred bytes,
+/// rounded up. It is what makes a config with 10^9 tiny layers too large even though its
+/// parameter count is modest.
+pub const TENSOR_OVERHEAD_BYTES: u64 = 1024;
+
+/// The weights of one model may take half of the machine's memory: the rest is for
+/// activations, the KV cache, gradients and optimizer state, the tokenizer, and everything
+/// else running.
+pub const HOST_MEMORY_DIVISOR: u64 = 2;
+
+/// Parameters of a model by part, as its config implies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelSize {
+    /// `embed_tokens`: vocab_size × hidden_size.
+    pub embedding: u64,
+    /// One layer's attention: q, k, v, o (k and v with the key/value heads) and biases.
+    pub attention: u64,
+    /// One layer's MLP: gate, up, down and biases.
+    pub mlp: u64,
+    /// One decoder layer: attention, MLP and its two norms.
+    pub per_layer: u64,
+    /// Every layer: num_hidden_layers × per_layer.
+    pub layers: u64,
+    /// `lm_head`: vocab_size × hidden_size, or 0 when tied to the embedding.
+    pub lm_head: u64,
+    /// The final norm: hidden_size.
+    pub final_norm: u64,
+    /// Everything, the tied embedding counted once.
+    pub total: u64,
+    /// Separate tensors (each costs [`TENSOR_OVERHEAD_BYTES`] of host memory).
+    pub tensors: u64,
+}
+
+/// One part of a [`ModelSize`], for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizePart {
+    /// `the embedding`, `the layers`, `lm_head`.
+    pub name: &'static str,
+    /// The config fields that set its size.
+    pub fields: &'static str,
+    /// Its parameters.
+    pub params: u64,
+}
+
+impl ModelSize {
+    /// The part with the most parameters.
+    pub fn largest_part(&self) -> SizePart {
+        // On a tie the last wins: the embedding, which is what an untied lm_head mirrors.
+        let parts = [
+            SizePart {
+                name: "lm_head",
+                fields: "vocab_size, hidden_size, tie_word_embeddings",
+                params: self.lm_head,
+            },
+            SizePart {
+                name: "the decoder layers",
+                fields: "num_hidden_layers, hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, head_dim",
+                params: self.layers,
+            },
+            SizePart {
+                name: "the embedding",
+                fields: "vocab_size, hidden_size",
+                params: self.embedding,
+            },
+        ];
+        parts
+            .into_iter()
+            .max_by_key(|p| p.params)
+            .unwrap_or(parts[0])
+    }
+
+    /// `embedding 6400 (vocab_size 100 × hidden_size 64), …`: each part with the field
+    /// values behind it.
+    pub fn breakdown(&self, cfg: &LlamaConfig) -> String {
+        let lm_head = if cfg.tie_word_embeddings {
+            "lm_head tied to the embedding".to_string()
+        } else {
+            format!(
+                "lm_head {} (vocab_size × hidden_size, tie_word_embeddings false)",
+                self.lm_head
+            )
+        };
+        format!(
+            "embedding {} (vocab_size {} × hidden_size {}), {lm_head}, {} layers (num_hidden_layers {} × {} each: attention {} with num_attention_heads {}, num_key_value_heads {}, head_dim {}; MLP {} with intermediate_size {}), final norm {}",
+            self.embedding,
+            cfg.vocab_size,
+            cfg.hidden_size,
+            self.layers,
+            cfg.num_hidden_layers,
+            self.per_layer,
+            self.attention,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            self.mlp,
+            cfg.intermediate_size,
+            self.final_norm
+        )
+    }
+}
+
+/// A product or sum of config fields that does not fit in 64 bits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fields {fields}: {message}")]
+pub struct SizeOverflow {
+    /// The fields involved, comma-separated.
+    pub fields: String,
+    /// The operation that overflowed.
+    pub message: String,
+}
+
+fn mul(a: u64, b: u64, fields: &str) -> Result<u64, SizeOverflow> {
+    a.checked_mul(b).ok_or_else(|| SizeOverflow {
+        fields: fields.to_string(),
+        message: format!("{a} × {b} parameters overflows 64 bits"),
+    })
+}
+
+fn add(a: u64, b: u64, fields: &str) -> Result<u64, SizeOverflow> {
+    a.checked_add(b).ok_or_else(|| SizeOverflow {
+        fields: fields.to_string(),
+        message: format!("{a} + {b} parameters overflows 64 bits"),
+    })
+}
+
+/// Where a model's weights will live, for [`LlamaConfig::check_budget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightPlacement {
+    /// `float32`, `bfloat16`, `float16`: named in errors.
+    pub dtype: &'static str,
+    /// Bytes per parameter in that dtype.
+    pub bytes_per_param: u64,
+    /// Whether the weights are in host memory (CPU) rather than on an accelerator.
+    pub on_host: bool,
+}
+
+/// What one process may allocate for a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Host memory for the weights of a CPU model and for every tensor's bookkeeping
+    /// (half of the machine's memory, see [`HOST_MEMORY_DIVISOR`]); `None` where it
+    /// is unknown.
+    pub host_bytes: Option<u64>,
+    /// Where `host_bytes` came from, for errors: `half of MemTotal 24.0 GiB (/proc/meminfo)`.
+    pub host_source: String,
+    /// An explicit cap on parameters (`--max-params`, `RISE_MAX_PARAMS`).
+    pub max_params: Option<u64>,
+}
+
+/// The environment variable that caps the parameters of any model a rise process loads.
+pub const MAX_PARAMS_VAR: &str = "RISE_MAX_PARAMS";
+
+impl MemoryBudget {
+    /// No limit at all (for tests and for callers that checked elsewhere).
+    pub fn unlimited() -> MemoryBudget {
+        MemoryBudget {
+            host_bytes: None,
+            host_source: "no limit".into(),
+            max_params: None,
+        }
+    }
+
+    /// This machine's memory (the smaller of `MemTotal` and the cgroup's `memory.max`),
+    /// half of it ([`HOST_MEMORY_DIVISOR`]); no parameter cap.
+    pub fn of_this_machine() -> MemoryBudget {
+        let Some((total, source)) = machine_memory() else {
+            return MemoryBudget::unlimited();
+        };
+        MemoryBudget {
+            host_bytes: Some(total / HOST_MEMORY_DIVISOR),
+            host_source: format!("half of {source} {}", human_bytes(u128::from(total))),
+            max_params: None,
+        }
+    }
+
+    /// [`MemoryBudget::of_this_machine`] capped by `RISE_MAX_PARAMS` when it is set.
+    pub fn from_env() -> Result<MemoryBudget, ConfigError> {
+        let cap = match std::env::var(MAX_PARAMS_VAR) {
+            Ok(text) if !text.trim().is_empty() => Some(
+                parse_param_count(&text)
+                    .map_err(|e| ConfigError::Setting(format!("{MAX_PARAMS_VAR}: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(MemoryBudget::of_this_machine().with_max_params(cap))
+    }
+
+    /// The same budget with an explicit parameter cap (`None` keeps the current one).
+    pub fn with_max_params(mut self, max_params: Option<u64>) -> MemoryBudget {
+        if max_params.is_some() {
+            self.max_params = max_params;
+        }
+        self
+    }
+}
+
+/// `7000000000`, `7_000_000_000`, `7B`, `125M`, `1.5G`, `500k`: a parameter count (K, M, G or
+/// B, T are powers of 1000).
+pub fn parse_param_count(text: &str) -> Result<u64, String> {
+    let t = text.trim().replace('_', "");
+    let (number, scale) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let scale: u64 = match c.to_ascii_uppercase() {
+                'K' => 1_000,
+                'M' => 1_000_000,
+                'G' | 'B' => 1_000_000_000,
+                'T' => 1_000_000_000_000,
+                _ => {
+                    return Err(format!(
+                        "`{text}`: unknown suffix `{c}` (use K, M, B or T, or a plain number)"
+                    ))
+                }
+            };
+            (&t[..i], scale)
+        }
+        _ => (t.as_str(), 1),
+    };
+    let bad = || format!("`{text}` is not a parameter count (e.g. 7000000000 or 7B)");
+    let value = if let Ok(n) = number.parse::<u64>() {
+        n.checked_mul(scale).ok_or_else(bad)?
+    } else {
+        let f: f64 = number.parse().map_err(|_| bad())?;
+        let v = f * scale as f64;
+        if !(v.is_finite() && v >= 0.0 && v < u64::MAX as f64) {
+            return Err(bad());
+        }
+        v as u64
+    };
+    if value == 0 {
+        return Err(format!("`{text}`: the cap must be at least 1 parameter"));
+    }
+    Ok(value)
+}
+
+/// Total memory and where it was read: the smaller of `MemTotal` (/proc/meminfo) and the
+/// cgroup v2 limit of this process, which is what a container may really use.
+fn machine_memory() -> Option<(u64, &'static str)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = meminfo_total(&meminfo)?;
+    match cgroup_limit() {
+        Some(limit) if limit < total => Some((limit, "the cgroup's memory.max")),
+        _ => Some((total, "MemTotal (/proc/meminfo)")),
+    }
+}
+
+/// `MemTotal:  24563124 kB` in bytes.
+fn meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") | None => value.checked_mul(1024),
+        Some(_) => None,
+    }
+}
+
+/// This process's cgroup v2 `memory.max` in bytes, when it is a number (not `max`).
+fn cgroup_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let file = Path::new("/sys/fs/cgroup")
+        .join(path.trim_start_matches('/'))
+        .join("memory.max");
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// `12.0 GiB`, `512 B`.
+pub fn human_bytes(n: u128) -> String {
+    const UNITS: [&str; 7] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -593,5 +1103,243 @@ mod tests {
         c.eos_token_ids = vec![2];
         let text = serde_json::to_string(&c.to_hf_json()).unwrap();
         assert_eq!(parse(&text).unwrap(), c);
+    }
+
+    fn budget(host_bytes: Option<u64>, max_params: Option<u64>) -> MemoryBudget {
+        MemoryBudget {
+            host_bytes,
+            host_source: "half of a test machine".into(),
+            max_params,
+        }
+    }
+
+    const F32_ON_HOST: WeightPlacement = WeightPlacement {
+        dtype: "float32",
+        bytes_per_param: 4,
+        on_host: true,
+    };
+
+    #[test]
+    fn size_counts_every_part_with_gqa_biases_and_tying() {
+        // BASE: vocab 100, hidden 64, intermediate 128, 2 layers, 4 heads of 16; 2 kv heads.
+        let c = parse(&format!(r#"{{{BASE}, "num_key_value_heads": 2}}"#)).unwrap();
+        let s = c.size().unwrap();
+        assert_eq!(s.embedding, 100 * 64);
+        // q 64->64, k and v 64->32, o 64->64.
+        assert_eq!(s.attention, 64 * 64 + 2 * 64 * 32 + 64 * 64);
+        assert_eq!(s.mlp, 3 * 64 * 128);
+        assert_eq!(s.per_layer, s.attention + s.mlp + 2 * 64);
+        assert_eq!(s.layers, 2 * s.per_layer);
+        assert_eq!(s.lm_head, 100 * 64);
+        assert_eq!(s.total, 2 * 6400 + s.layers + 64);
+        assert_eq!(s.tensors, 2 * 9 + 3);
+        assert_eq!(c.num_parameters() as u64, s.total);
+
+        let tied = parse(&format!(
+            r#"{{{BASE}, "model_type": "qwen2", "tie_word_embeddings": true, "mlp_bias": true}}"#
+        ))
+        .unwrap();
+        let t = tied.size().unwrap();
+        assert_eq!(t.lm_head, 0);
+        assert_eq!(t.attention, 4 * 64 * 64 + 3 * 64, "q/k/v biases");
+        assert_eq!(t.mlp, 3 * 64 * 128 + 2 * 128 + 64, "MLP biases");
+        assert_eq!(t.tensors, 2 * (9 + 3 + 3) + 2);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_at_parse_time_without_overflow() {
+        // 10^12 × 10^12 overflows 64 bits: the error names the fields, no wrapped number.
+        let e = parse(
+            r#"{"vocab_size": 1000000000000, "hidden_size": 1000000000000,
+            "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("overflows 64 bits"), "{e}");
+        // Representable in u64 but not by libtorch's signed sizes.
+        let e = parse(
+            r#"{"vocab_size": 4000000000000000000, "hidden_size": 2,
+            "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("vocab_size, hidden_size") && e.contains("more than libtorch"),
+            "{e}"
+        );
+        // usize::MAX layers: checked, not wrapped.
+        let e = parse(&format!(
+            r#"{{"vocab_size": 10, "hidden_size": 64, "intermediate_size": 64,
+            "num_hidden_layers": {}, "num_attention_heads": 4}}"#,
+            usize::MAX
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("num_hidden_layers"), "{e}");
+    }
+
+    #[test]
+    fn the_budget_refuses_what_the_machine_cannot_hold_naming_fields_and_numbers() {
+        // vocab_size 10^12 parses (it is representable) but no machine holds it.
+        let c = parse(
+            r#"{"vocab_size": 1000000000000, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4}"#,
+        )
+        .unwrap();
+        let e = c
+            .check_budget(
+                Path::new("m/config.json"),
+                F32_ON_HOST,
+                &budget(Some(12 << 30), None),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("m/config.json: the model has 128000000"),
+            "{e}"
+        );
+        for want in [
+            "vocab_size 1000000000000 × hidden_size 64",
+            "465.7 TiB",
+            "at most 12.0 GiB",
+            "half of a test machine",
+            "The largest part is the embedding: check `vocab_size, hidden_size`",
+        ] {
+            assert!(e.contains(want), "`{want}` missing from: {e}");
+        }
+        // The same model fits when it goes to an accelerator: only bookkeeping is on the host.
+        let on_gpu = WeightPlacement {
+            dtype: "bfloat16",
+            bytes_per_param: 2,
+            on_host: false,
+        };
+        assert!(c
+            .check_budget(Path::new("c"), on_gpu, &budget(Some(12 << 30), None))
+            .is_ok());
+        // ... unless --max-params says otherwise.
+        let e = c
+            .check_budget(Path::new("c"), on_gpu, &budget(None, Some(7_000_000_000)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--max-params (RISE_MAX_PARAMS) = 7000000000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn many_tiny_layers_are_refused_for_their_bookkeeping() {
+        // 10^9 layers of a 2-wide model: few bytes of weights per layer, but a billion
+        // tensors' worth of host objects.
+        let c = parse(
+            r#"{"vocab_size": 4, "hidden_size": 2, "intermediate_size": 1,
+            "num_hidden_layers": 1000000000, "num_attention_heads": 1}"#,
+        )
+        .unwrap();
+        let gpu = WeightPlacement {
+            dtype: "float32",
+            bytes_per_param: 4,
+            on_host: false,
+        };
+        let e = c
+            .check_budget(Path::new("c"), gpu, &budget(Some(12 << 30), None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("9000000003 tensors") && e.contains("num_hidden_layers"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_small_model_passes_every_budget_it_fits() {
+        let c = LlamaConfig::tiny(300);
+        let size = c
+            .check_budget(
+                Path::new("c"),
+                F32_ON_HOST,
+                &budget(Some(1 << 30), Some(10_000_000)),
+            )
+            .unwrap();
+        assert_eq!(size.total as usize, c.num_parameters());
+        let e = c
+            .check_budget(Path::new("c"), F32_ON_HOST, &budget(Some(1 << 20), None))
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn non_positive_or_inconsistent_numbers_are_refused() {
+        let cases = [
+            (r#""rms_norm_eps": 0.0"#, "rms_norm_eps"),
+            (r#""rms_norm_eps": -1e-6"#, "rms_norm_eps"),
+            (r#""rope_theta": 0"#, "rope_theta"),
+            (r#""rope_theta": -10000.0"#, "rope_theta"),
+            (
+                r#""rope_parameters": {"rope_type": "default", "rope_theta": -1.0}"#,
+                "rope_parameters.rope_theta",
+            ),
+            (
+                r#""rope_scaling": {"rope_type": "linear", "factor": 0.0}"#,
+                "rope_scaling.factor",
+            ),
+            (
+                r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": -1.0, "high_freq_factor": 4.0}"#,
+                "rope_scaling.low_freq_factor",
+            ),
+            (r#""num_key_value_heads": 0"#, "num_key_value_heads"),
+            (r#""num_key_value_heads": 8"#, "num_key_value_heads"),
+            (r#""head_dim": 0"#, "head_dim"),
+            (r#""max_position_embeddings": 0"#, "max_position_embeddings"),
+        ];
+        for (extra, field) in cases {
+            let e = parse(&format!("{{{BASE}, {extra}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("field `{field}`")), "{extra}: {e}");
+        }
+        let e = parse(
+            r#"{"vocab_size": 10, "hidden_size": 64, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 0}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("num_attention_heads"), "{e}");
+        // JSON has no NaN or infinity; an overflowing literal is a parse error with a line.
+        let e = parse(&format!(r#"{{{BASE}, "rms_norm_eps": 1e999}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn param_counts_parse_with_suffixes() {
+        assert_eq!(parse_param_count("7000000000"), Ok(7_000_000_000));
+        assert_eq!(parse_param_count("7_000"), Ok(7_000));
+        assert_eq!(parse_param_count("7B"), Ok(7_000_000_000));
+        assert_eq!(parse_param_count("125m"), Ok(125_000_000));
+        assert_eq!(parse_param_count("1.5G"), Ok(1_500_000_000));
+        assert!(parse_param_count("0").is_err());
+        assert!(parse_param_count("-3").is_err());
+        assert!(parse_param_count("7X").is_err());
+        assert!(parse_param_count("lots").is_err());
+        assert!(parse_param_count("99999999999T").is_err());
+    }
+
+    #[test]
+    fn meminfo_and_sizes_read_as_people_write_them() {
+        assert_eq!(
+            meminfo_total("MemTotal:       24563124 kB\nMemFree: 1 kB\n"),
+            Some(24563124 * 1024)
+        );
+        assert_eq!(meminfo_total("MemFree: 1 kB\n"), None);
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(12 << 30), "12.0 GiB");
+        // This machine has some memory, and the budget is half of it.
+        let b = MemoryBudget::of_this_machine();
+        if cfg!(target_os = "linux") {
+            assert!(b.host_bytes.is_some_and(|n| n > 0), "{b:?}");
+            assert!(b.host_source.starts_with("half of"), "{b:?}");
+        }
     }
 }

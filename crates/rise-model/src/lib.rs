@@ -15,8 +15,8 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod trainer;
 
-pub use checkpoint::{init_random, load, save, CheckpointError};
-pub use config::{ConfigError, LlamaConfig, RopeScaling};
+pub use checkpoint::{init_random, init_random_within, load, load_within, save, CheckpointError};
+pub use config::{ConfigError, LlamaConfig, MemoryBudget, RopeScaling};
 pub use llama::{KvCache, Llama, Model};
 
 /// The tch device named `cpu`, `cuda` (device 0) or `cuda:N`; `None` for any other name.

@@ -12,7 +12,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::nn::Init;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, TchError, Tensor};
 
 use crate::config::{LlamaConfig, RopeScaling};
 
@@ -149,20 +149,44 @@ impl Deref for Model {
 
 impl Model {
     /// A model with zero-initialised parameters of `kind` on `device` (to be filled by a
-    /// checkpoint or [`crate::checkpoint::init_random`]).
+    /// checkpoint or [`crate::checkpoint::init_random`]). Panics if an allocation fails:
+    /// for a config from a user, check [`LlamaConfig::check_budget`] and use
+    /// [`Model::try_zeros`].
     pub fn zeros(cfg: &LlamaConfig, device: Device, kind: Kind) -> Model {
+        match Model::try_zeros(cfg, device, kind) {
+            Ok(model) => model,
+            Err(e) => panic!("allocating a {}-parameter model: {e}", cfg.num_parameters()),
+        }
+    }
+
+    /// [`Model::zeros`], with a failed allocation (CUDA out of memory, an allocator that
+    /// refuses) as an error instead of a panic.
+    pub fn try_zeros(cfg: &LlamaConfig, device: Device, kind: Kind) -> Result<Model, TchError> {
         let mut vs = nn::VarStore::new(device);
         // On an empty store this only sets the dtype new variables get.
         vs.set_kind(kind);
-        let llama = Llama::declare(&vs.root(), cfg, false);
-        Model { vs, llama }
+        let llama = Llama::declare(&vs.root(), cfg, false)?;
+        Ok(Model { vs, llama })
     }
 
     /// A model initialised as transformers initialises a fresh one, reproducibly for a
     /// seed: values are drawn in fp32 on the CPU generator, so they do not depend on
-    /// `device` or `kind`.
+    /// `device` or `kind`. Panics if an allocation fails (see [`Model::try_random`]).
     pub fn random(cfg: &LlamaConfig, seed: u64, device: Device, kind: Kind) -> Model {
-        let cpu = Model::zeros(cfg, Device::Cpu, Kind::Float);
+        match Model::try_random(cfg, seed, device, kind) {
+            Ok(model) => model,
+            Err(e) => panic!("allocating a {}-parameter model: {e}", cfg.num_parameters()),
+        }
+    }
+
+    /// [`Model::random`], with a failed allocation as an error.
+    pub fn try_random(
+        cfg: &LlamaConfig,
+        seed: u64,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Model, TchError> {
+        let cpu = Model::try_zeros(cfg, Device::Cpu, Kind::Float)?;
         // libtorch's CPU generator is process-global: two threads initialising models at once
         // (parallel tests, in-process stages) would interleave their draws. Hold it while drawing.
         static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -178,14 +202,19 @@ impl Model {
                 }
             }
         });
-        let out = Model::zeros(cfg, device, kind);
+        if device == Device::Cpu && kind == Kind::Float {
+            // Already where and what it should be: a second copy would double the peak.
+            return Ok(cpu);
+        }
+        let out = Model::try_zeros(cfg, device, kind)?;
         let dst = out.vs.variables();
-        tch::no_grad(|| {
+        tch::no_grad(|| -> Result<(), TchError> {
             for (name, t) in &names {
-                dst[name].shallow_clone().copy_(t);
+                dst[name].shallow_clone().f_copy_(t)?;
             }
-        });
-        out
+            Ok(())
+        })?;
+        Ok(out)
     }
 }
 
@@ -237,12 +266,13 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, kind: Kind) -> Tensor {
 impl Llama {
     /// Declares the parameters under `vs` with transformers' initialisation: normal(0, 0.02)
     /// matrices, unit norm weights, zero biases. The dtype is the `VarStore`'s kind.
-    pub fn new(vs: &nn::Path, cfg: &LlamaConfig) -> Llama {
+    /// Fails when an allocation fails (check [`LlamaConfig::check_budget`] first).
+    pub fn new(vs: &nn::Path, cfg: &LlamaConfig) -> Result<Llama, TchError> {
         Self::declare(vs, cfg, true)
     }
 
     /// Declares the parameters; `random = false` zero-fills them (cheap, for loading).
-    fn declare(vs: &nn::Path, cfg: &LlamaConfig, random: bool) -> Llama {
+    fn declare(vs: &nn::Path, cfg: &LlamaConfig, random: bool) -> Result<Llama, TchError> {
         let h = cfg.hidden_size as i64;
         let i = cfg.intermediate_size as i64;
         let d = cfg.head_dim as i64;
@@ -256,13 +286,14 @@ impl Llama {
         } else {
             Init::Const(0.0)
         };
-        let mat = |path: &nn::Path, o: i64, i: i64| path.var("weight", &[o, i], normal);
+        let mat = |path: &nn::Path, o: i64, i: i64| path.f_var("weight", &[o, i], normal);
         let bias = |on: bool, path: &nn::Path, o: i64| {
-            on.then(|| path.var("bias", &[o], Init::Const(0.0)))
+            on.then(|| path.f_var("bias", &[o], Init::Const(0.0)))
+                .transpose()
         };
-        let ones = |path: &nn::Path| path.var("weight", &[h], Init::Const(1.0));
+        let ones = |path: &nn::Path| path.f_var("weight", &[h], Init::Const(1.0));
         let model = vs / "model";
-        let embed = mat(&(&model / "embed_tokens"), cfg.vocab_size as i64, h);
+        let embed = mat(&(&model / "embed_tokens"), cfg.vocab_size as i64, h)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| {
                 let p = &model / "layers" / l;
@@ -275,34 +306,34 @@ impl Llama {
                     &attn / "o_proj",
                 );
                 let (gp, upp, dp) = (&mlp / "gate_proj", &mlp / "up_proj", &mlp / "down_proj");
-                Layer {
-                    input_norm: ones(&(&p / "input_layernorm")),
-                    q: mat(&qp, q_out, h),
-                    k: mat(&kp, kv_out, h),
-                    v: mat(&vp, kv_out, h),
-                    o: mat(&op, h, q_out),
-                    q_bias: bias(cfg.qkv_bias, &qp, q_out),
-                    k_bias: bias(cfg.qkv_bias, &kp, kv_out),
-                    v_bias: bias(cfg.qkv_bias, &vp, kv_out),
-                    o_bias: bias(cfg.o_bias, &op, h),
-                    post_norm: ones(&(&p / "post_attention_layernorm")),
-                    gate: mat(&gp, i, h),
-                    up: mat(&upp, i, h),
-                    down: mat(&dp, h, i),
-                    gate_bias: bias(cfg.mlp_bias, &gp, i),
-                    up_bias: bias(cfg.mlp_bias, &upp, i),
-                    down_bias: bias(cfg.mlp_bias, &dp, h),
-                }
+                Ok(Layer {
+                    input_norm: ones(&(&p / "input_layernorm"))?,
+                    q: mat(&qp, q_out, h)?,
+                    k: mat(&kp, kv_out, h)?,
+                    v: mat(&vp, kv_out, h)?,
+                    o: mat(&op, h, q_out)?,
+                    q_bias: bias(cfg.qkv_bias, &qp, q_out)?,
+                    k_bias: bias(cfg.qkv_bias, &kp, kv_out)?,
+                    v_bias: bias(cfg.qkv_bias, &vp, kv_out)?,
+                    o_bias: bias(cfg.o_bias, &op, h)?,
+                    post_norm: ones(&(&p / "post_attention_layernorm"))?,
+                    gate: mat(&gp, i, h)?,
+                    up: mat(&upp, i, h)?,
+                    down: mat(&dp, h, i)?,
+                    gate_bias: bias(cfg.mlp_bias, &gp, i)?,
+                    up_bias: bias(cfg.mlp_bias, &upp, i)?,
+                    down_bias: bias(cfg.mlp_bias, &dp, h)?,
+                })
             })
-            .collect();
-        let norm = ones(&(&model / "norm"));
+            .collect::<Result<Vec<Layer>, TchError>>()?;
+        let norm = ones(&(&model / "norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
             embed.shallow_clone()
         } else {
-            mat(&(vs / "lm_head"), cfg.vocab_size as i64, h)
+            mat(&(vs / "lm_head"), cfg.vocab_size as i64, h)?
         };
         let device = vs.device();
-        Llama {
+        Ok(Llama {
             cfg: cfg.clone(),
             embed,
             layers,
@@ -312,7 +343,7 @@ impl Llama {
             compute_kind: vs.kind(),
             device,
             efficient_unusable: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The configuration this network was built from.

@@ -1,12 +1,13 @@
 //! Options shared by the model commands (`score`, `generate`): where the model is, which
-//! device and dtype to run it in, how many CPU threads.
+//! device and dtype to run it in, how many CPU threads, and the largest model to accept.
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use rise_model::{checkpoint, LlamaConfig, Model};
+use rise_model::config::MAX_PARAMS_VAR;
+use rise_model::{checkpoint, LlamaConfig, MemoryBudget, Model};
 use tch::{Device, Kind};
 
-/// `--model`, `--device`, `--dtype`, `--threads`.
+/// `--model`, `--device`, `--dtype`, `--threads`, `--max-params`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelOpts {
     /// A Hugging Face model directory: config.json + model.safetensors (or a sharded
@@ -22,6 +23,15 @@ pub struct ModelOpts {
     /// CPU threads for libtorch (default: libtorch's choice, usually the core count).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Refuse a model with more parameters than this (e.g. 7B, 125M, 7000000000), checked
+    /// from config.json before anything is allocated. Whatever this says, a model whose
+    /// weights would take more than half of this machine's memory (on the CPU) is refused.
+    #[arg(long, value_name = "N", env = MAX_PARAMS_VAR, value_parser = parse_max_params)]
+    pub max_params: Option<u64>,
+}
+
+fn parse_max_params(text: &str) -> Result<u64, String> {
+    rise_model::config::parse_param_count(text)
 }
 
 impl ModelOpts {
@@ -62,7 +72,8 @@ impl ModelOpts {
         }
         let device = self.device()?;
         let kind = self.kind(device)?;
-        let (cfg, model) = checkpoint::load(&self.model, device, kind)
+        let budget = MemoryBudget::of_this_machine().with_max_params(self.max_params);
+        let (cfg, model) = checkpoint::load_within(&self.model, device, kind, &budget)
             .with_context(|| format!("loading model {}", self.model.display()))?;
         Ok((cfg, model, device))
     }

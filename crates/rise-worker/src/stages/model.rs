@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rise_data::conversation::DEFAULT_SYSTEM;
 use rise_model::tokenizer::Tokenizer;
-use rise_model::LlamaConfig;
+use rise_model::{LlamaConfig, MemoryBudget};
 use rise_stages::format::{read_size_config, ModelFormat};
 use rise_stages::params::get;
 use rise_stages::rise_engine::{StageContext, StageError};
@@ -47,7 +47,10 @@ fn init(ctx: &StageContext, config: &Path, system: String) -> Result<(), StageEr
     }
     let text = Value::Object(hf).to_string();
     let cfg = LlamaConfig::from_json_str(&text, config).map_err(|e| f(&e))?;
-    let model = rise_model::init_random(&cfg, ctx.seed);
+    // Checked against this machine's memory and RISE_MAX_PARAMS before anything is allocated.
+    let budget = MemoryBudget::from_env().map_err(|e| f(&e))?;
+    let model = rise_model::init_random_within(&cfg, config, ctx.seed, &budget)
+        .map_err(|e| f(&format!("params.config: {e}")))?;
     rise_model::save(&ctx.out_dir, &model, &cfg).map_err(|e| f(&e))?;
     tokenizer.save(&ctx.out_dir).map_err(|e| f(&e))?;
     ModelFormat {
