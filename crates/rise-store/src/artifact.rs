@@ -7,6 +7,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::blob::hash_file;
+use crate::checkout::{SEALED_DIR_MODE, SEALED_EXEC_MODE, SEALED_FILE_MODE};
 use crate::error::{Result, StoreError};
 use crate::id::ArtifactId;
 use crate::store::{remove_dir_all_force, sync_dir, sync_parent, Store};
@@ -48,14 +49,15 @@ impl Store {
     }
 
     /// Checks that every blob of artifact `id` is present, has the recorded size and hashes
-    /// correctly. The error names the first bad blob (in path order) and its path in the tree.
+    /// correctly. The error names the first bad blob (in path order) and its path in the tree,
+    /// or the tree itself when it records a wrong size for an intact blob.
     pub fn verify_artifact(&self, id: &ArtifactId) -> Result<()> {
         let tree = self.read_tree(id)?;
         let mut failures: Vec<(usize, StoreError)> = tree
             .entries
             .par_iter()
             .enumerate()
-            .filter_map(|(i, e)| self.check_entry(e).err().map(|err| (i, err)))
+            .filter_map(|(i, e)| self.check_entry(id, e).err().map(|err| (i, err)))
             .collect();
         failures.sort_by_key(|(i, _)| *i);
         match failures.into_iter().next() {
@@ -98,17 +100,11 @@ impl Store {
         Ok(())
     }
 
-    fn check_entry(&self, e: &TreeEntry) -> Result<()> {
+    fn check_entry(&self, tree: &ArtifactId, e: &TreeEntry) -> Result<()> {
         match self.check_blob(&e.blob) {
             Ok(size) if size == e.size => Ok(()),
-            Ok(size) => Err(StoreError::CorruptBlob {
-                id: e.blob,
-                path: self.blob_path(&e.blob),
-                detail: format!(
-                    "size {size}, but tree entry {:?} records {}",
-                    e.path, e.size
-                ),
-            }),
+            // The blob hashes to its name, so its size is right: the tree is what is wrong.
+            Ok(size) => Err(wrong_size(tree, e, size)),
             Err(StoreError::CorruptBlob { id, path, detail }) => Err(StoreError::CorruptBlob {
                 id,
                 path,
@@ -124,8 +120,12 @@ impl Store {
     }
 
     /// Writes artifact `id`'s files into `dest` (which must not exist, or be an empty
-    /// directory). Every file is verified after writing; files are read-only (and executable
-    /// where recorded). On error nothing is left at `dest`.
+    /// directory), e.g. a user's `--to DIR`. Every file is verified after writing; files are
+    /// read-only (and executable where recorded). On error nothing is left at `dest`.
+    ///
+    /// Unlike a checkout, the directories stay writable: `dest` belongs to the user, rise never
+    /// reads it back as store data (so sealing it protects nothing rise trusts), and a
+    /// read-only directory cannot be removed with `rm -rf` by users other than root.
     pub fn materialize(&self, id: &ArtifactId, dest: &Path) -> Result<()> {
         if let Ok(mut rd) = fs::read_dir(dest) {
             if rd.next().is_some() {
@@ -138,6 +138,7 @@ impl Store {
                 path: dest.to_path_buf(),
             });
         }
+        let tree = self.read_tree(id)?;
         let name = dest
             .file_name()
             .and_then(|n| n.to_str())
@@ -150,7 +151,7 @@ impl Store {
         // Stage next to dest (same file system) so the final step is one atomic rename.
         let staging = parent.join(format!(".{name}.rise-partial-{}", std::process::id()));
         let _ = remove_dir_all_force(&staging);
-        let result = self.materialize_into(id, &staging).and_then(|_| {
+        let result = self.materialize_into(&tree, &staging, false).and_then(|_| {
             fs::rename(&staging, dest).map_err(StoreError::io("rename into place", dest))?;
             sync_parent(dest)
         });
@@ -160,13 +161,12 @@ impl Store {
         result
     }
 
-    /// Materialises into a fresh directory `dir`.
-    ///
-    /// Files are read-only; directories stay writable on purpose: a read-only directory cannot
-    /// be removed by `rm -rf` (or a test's temp-dir cleanup) without `chmod` for users other
-    /// than root. Extra files dropped into a checkout are caught by `verify`.
-    fn materialize_into(&self, id: &ArtifactId, dir: &Path) -> Result<()> {
-        let tree = self.read_tree(id)?;
+    /// Materialises `tree` into a fresh directory `dir`. Files are read-only (0444, or 0555
+    /// when executable). With `seal_dirs` (a checkout), every directory below `dir` is made
+    /// 0555 too; `dir` itself stays writable so that it can still be renamed into place
+    /// (moving a directory to another parent needs write permission on it), and the caller
+    /// seals it after the rename.
+    pub(crate) fn materialize_into(&self, tree: &Tree, dir: &Path, seal_dirs: bool) -> Result<()> {
         fs::create_dir(dir).map_err(StoreError::io("create directory", dir))?;
         let mut dirs = vec![dir.to_path_buf()];
         for e in &tree.entries {
@@ -187,16 +187,21 @@ impl Store {
         }
         tree.entries
             .par_iter()
-            .try_for_each(|e| self.write_entry(e, dir))?;
+            .try_for_each(|e| self.write_entry(tree, e, dir))?;
         dirs.sort();
         dirs.dedup();
+        // Deepest first: a directory is sealed only after everything below it is written.
         for d in dirs.iter().rev() {
+            if seal_dirs && d.as_path() != dir {
+                fs::set_permissions(d, fs::Permissions::from_mode(SEALED_DIR_MODE))
+                    .map_err(StoreError::io("set permissions of", d))?;
+            }
             sync_dir(d)?;
         }
         Ok(())
     }
 
-    fn write_entry(&self, e: &TreeEntry, dir: &Path) -> Result<()> {
+    fn write_entry(&self, tree: &Tree, e: &TreeEntry, dir: &Path) -> Result<()> {
         let src = self.blob_path(&e.blob);
         let dest = dir.join(&e.path);
         match fs::copy(&src, &dest) {
@@ -212,7 +217,10 @@ impl Store {
         }
         // Verify the copy itself: whatever happened on the way, what lands is what was recorded.
         let (actual, size) = hash_file(&dest).map_err(StoreError::io("hash", &dest))?;
-        if actual != e.blob || size != e.size {
+        if actual == e.blob && size != e.size {
+            return Err(wrong_size(&tree.id(), e, size));
+        }
+        if actual != e.blob {
             return Err(StoreError::CorruptBlob {
                 id: e.blob,
                 path: src,
@@ -222,94 +230,28 @@ impl Store {
                 ),
             });
         }
-        let mode = if e.executable { 0o555 } else { 0o444 };
+        let mode = if e.executable {
+            SEALED_EXEC_MODE
+        } else {
+            SEALED_FILE_MODE
+        };
         fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
             .map_err(StoreError::io("set permissions of", &dest))?;
         File::open(&dest)
             .and_then(|f| f.sync_all())
             .map_err(StoreError::io("sync", &dest))
     }
+}
 
-    /// A checkout (read-only files) of artifact `id` under `checkouts/<id>/`, materialised (verified) and
-    /// renamed into place atomically on first use, then reused. Concurrent first uses are safe:
-    /// one rename wins, the others discard their copy.
-    pub fn artifact_path(&self, id: &ArtifactId) -> Result<std::path::PathBuf> {
-        let dest = self.checkout_path(id);
-        if dest.is_dir() {
-            return Ok(dest);
-        }
-        let staging = self.tmp_path("checkout")?;
-        let result = self.materialize_into(id, &staging);
-        if let Err(e) = result {
-            let _ = remove_dir_all_force(&staging);
-            return Err(e);
-        }
-        match fs::rename(&staging, &dest) {
-            Ok(()) => {
-                sync_parent(&dest)?;
-                Ok(dest)
-            }
-            Err(_) if dest.is_dir() => {
-                remove_dir_all_force(&staging)?;
-                Ok(dest)
-            }
-            Err(e) => {
-                let _ = remove_dir_all_force(&staging);
-                Err(StoreError::io("rename into place", &dest)(e))
-            }
-        }
-    }
-
-    /// Removes the checkout of `id`, if any (it is recreated on next use).
-    pub fn remove_checkout(&self, id: &ArtifactId) -> Result<()> {
-        self.discard_dir(&self.checkout_path(id))
-    }
-
-    /// Removes a directory that others may trust if present (a checkout): first renamed into
-    /// staging in one atomic step, then deleted, so a crash mid-delete never leaves a partial
-    /// checkout under its real name (staging leftovers are cleaned at the next open).
-    pub(crate) fn discard_dir(&self, dir: &Path) -> Result<()> {
-        let staging = self.tmp_path("discard")?;
-        match fs::rename(dir, &staging) {
-            Ok(()) => remove_dir_all_force(&staging),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io("move aside for deletion", dir)(e)),
-        }
-    }
-
-    /// Compares checkout `dir` with tree `tree`: the problems found (empty if it matches).
-    pub(crate) fn check_checkout(&self, dir: &Path, tree: &Tree) -> Vec<String> {
-        let mut problems = Vec::new();
-        match scan_dir(dir) {
-            Err(e) => problems.push(e.to_string()),
-            Ok(files) => {
-                let mut found: Vec<&str> = files.iter().map(|f| f.rel.as_str()).collect();
-                found.sort();
-                for f in &files {
-                    if tree.get(&f.rel).is_none() {
-                        problems.push(format!("extra file {:?}", f.rel));
-                    }
-                }
-                for e in &tree.entries {
-                    if found.binary_search(&e.path.as_str()).is_err() {
-                        problems.push(format!("missing file {:?}", e.path));
-                    }
-                }
-                let bad: Vec<String> = files
-                    .par_iter()
-                    .filter_map(|f| {
-                        let e = tree.get(&f.rel)?;
-                        match hash_file(&f.real) {
-                            Ok((id, size)) if id == e.blob && size == e.size => None,
-                            Ok(_) => Some(format!("file {:?} differs from blob {}", f.rel, e.blob)),
-                            Err(err) => Some(format!("cannot read {:?}: {err}", f.rel)),
-                        }
-                    })
-                    .collect();
-                problems.extend(bad);
-            }
-        }
-        problems
+/// A tree entry records a size its intact blob does not have: the tree is wrong, not the blob
+/// (a blob that hashes to its name has exactly the bytes it was stored with).
+fn wrong_size(tree: &ArtifactId, e: &TreeEntry, actual: u64) -> StoreError {
+    StoreError::BadTree {
+        id: *tree,
+        reason: format!(
+            "entry {:?} records {} bytes, but its blob {} (intact) has {actual}",
+            e.path, e.size, e.blob
+        ),
     }
 }
 
@@ -388,30 +330,50 @@ mod tests {
             Err(StoreError::DestinationExists { .. })
         ));
 
+        // An export keeps writable directories (the user's to delete); a checkout is sealed.
+        assert_ne!(
+            fs::metadata(out.join("sub")).unwrap().permissions().mode() & 0o200,
+            0
+        );
+
         let co = s.artifact_path(&id).unwrap();
         assert_eq!(co, s.root().join("checkouts").join(id.to_hex()));
         assert_eq!(s.artifact_path(&id).unwrap(), co);
         assert!(s.check_checkout(&co, &tree).is_empty());
-        if !nix_is_root() {
-            assert!(
-                fs::write(co.join("a.txt"), b"x").is_err(),
-                "checkout files are read-only"
-            );
-        }
-        fs::write(co.join("new-file"), b"x").unwrap();
         assert_eq!(
-            s.check_checkout(&co, &tree),
-            vec!["extra file \"new-file\"".to_string()]
+            fs::metadata(co.join("sub")).unwrap().permissions().mode() & 0o777,
+            0o555
         );
         s.remove_checkout(&id).unwrap();
         assert!(!co.exists());
     }
 
-    fn nix_is_root() -> bool {
-        // Root ignores permission bits; the read-only check is meaningful only for other users.
-        fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false)
+    #[test]
+    fn a_tree_recording_a_wrong_size_is_blamed_not_its_intact_blob() {
+        let (dir, s) = setup();
+        let blob = s.put_bytes(b"payload").unwrap();
+        let text = format!(
+            r#"{{"format":"rise-tree/1","entries":[{{"path":"p","blob":"{blob}","size":99,"executable":false}}]}}"#
+        );
+        let tree = s.put_bytes(text.as_bytes()).unwrap();
+        for err in [
+            s.verify_artifact(&tree).unwrap_err(),
+            s.materialize(&tree, &dir.path().join("out")).unwrap_err(),
+            s.artifact_path(&tree).unwrap_err(),
+        ] {
+            let StoreError::BadTree { id, reason } = &err else {
+                panic!("expected the tree to be blamed: {err}");
+            };
+            assert_eq!(*id, tree);
+            assert!(
+                reason.contains("\"p\" records 99 bytes")
+                    && reason.contains(&blob.to_string())
+                    && reason.contains("(intact) has 7"),
+                "{reason}"
+            );
+            assert!(err.is_corruption());
+        }
+        assert!(!dir.path().join("out").exists() && !s.checkout_path(&tree).exists());
     }
 
     #[test]

@@ -376,18 +376,27 @@ impl Store {
         Ok(())
     }
 
-    /// The committed result markers (`results/<id>`).
+    /// The committed result markers (`results/<id>`, regular files).
     pub(crate) fn markers(&self) -> Result<BTreeSet<ResultId>> {
         let dir = self.results_dir();
         let rd = fs::read_dir(&dir).map_err(StoreError::io("list", &dir))?;
         let mut out = BTreeSet::new();
         for e in rd {
             let e = e.map_err(StoreError::io("list", &dir))?;
-            if let Some(id) = e
+            let Some(id) = e
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<ResultId>().ok())
-            {
+            else {
+                continue;
+            };
+            // A marker is a file that a commit created; a directory or link under a result's
+            // name was put there by something else and commits nothing (`verify` reports it).
+            let is_file = match e.file_type() {
+                Ok(ft) => ft.is_file(),
+                Err(err) => return Err(StoreError::io("stat", e.path())(err)),
+            };
+            if is_file {
                 out.insert(id);
             }
         }

@@ -12,7 +12,8 @@
 //! index.lock            serialises every use of the index
 //! pins/<name>           an artifact id kept alive by gc
 //! runs/<run id>.json    run records
-//! checkouts/<id>/       materialised artifacts with read-only files (cache)
+//! checkouts/<id>/       sealed, read-only materialised artifacts (cache; see below)
+//! checkouts/<id>.seal   the stat of each file and directory of checkout <id> when sealed
 //! scratch/<key>/        a stage's resumable in-progress state
 //! logs/                 per-run and per-stage logs
 //! locks/keys/<key>.lock per-stage-key locks; locks/runs/ records who holds run.lock
@@ -47,10 +48,18 @@
 //!    in `tmp/<name>/`, guarded by a lock on `tmp/<name>.lock` that dies with it.
 //! 8. **gc never runs during a run** (it needs `run.lock` exclusively) and keeps everything
 //!    reachable from the latest result of each (pipeline, stage) and from pins.
+//! 9. **Checkouts are sealed and checked before use.** A checkout's directories are 0555 and
+//!    its files 0444 (0555 if executable), so only root can change it; and
+//!    [`Store::artifact_path`] compares it with its seal record (size, mtime, ctime, device,
+//!    inode and mode of every file and directory) before handing it over, re-hashing only what
+//!    changed. A damaged checkout is discarded and rebuilt from the blobs, so a stage never
+//!    reads an input that differs from the artifact id it records. `verify` re-hashes every
+//!    checkout regardless of seals and names each damaged one and the results that use it.
 #![warn(missing_docs)]
 
 mod artifact;
 mod blob;
+mod checkout;
 mod error;
 mod id;
 mod index;
@@ -66,7 +75,7 @@ pub use id::{ArtifactId, BlobId, ResultId, StageKey};
 pub use index::IndexSnapshot;
 pub use lock::{KeyLock, LockHolder, RunLock};
 pub use maint::{
-    BadBlob, BadCheckout, BadResult, BlobProblem, GcReport, IndexProblem, ReindexReport,
+    BadBlob, BadCheckout, BadMarker, BadResult, BlobProblem, GcReport, IndexProblem, ReindexReport,
     VerifyReport,
 };
 pub use result::{write_canonical_json, ResultManifest, RESULT_FORMAT};

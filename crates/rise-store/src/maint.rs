@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::checkout::SEAL_SUFFIX;
 use crate::error::{Result, StoreError};
 use crate::id::{ArtifactId, BlobId, ResultId, StageKey};
 use crate::index::IndexSnapshot;
@@ -22,7 +23,9 @@ pub enum BlobProblem {
     Corrupt,
     /// Referenced, but not in the store.
     Missing,
-    /// Intact, but a tree records a different size for it.
+    /// A tree manifest (which itself hashes correctly) records, for one of its entries, a size
+    /// that the entry's intact blob does not have. The id is the tree's: the tree is wrong,
+    /// the blob is innocent.
     WrongSize,
 }
 
@@ -61,13 +64,29 @@ pub struct IndexProblem {
     pub detail: String,
 }
 
-/// A checkout under `checkouts/` that no longer matches its artifact.
+/// A checkout under `checkouts/` that no longer matches its artifact: a stage given it as an
+/// input would read wrong data (until [`Store::artifact_path`] notices and rebuilds it).
 #[derive(Clone, Debug, Serialize)]
 pub struct BadCheckout {
-    /// The checkout directory.
+    /// The checkout directory (or whatever is in `checkouts/` under that name).
     pub path: PathBuf,
-    /// What differs.
+    /// The artifact it is a checkout of; `None` if its name is not an artifact id.
+    pub artifact: Option<ArtifactId>,
+    /// What differs, each naming the file or directory (changed content, extra, missing or
+    /// replaced entries, loosened modes).
     pub problems: Vec<String>,
+    /// Committed results whose output or inputs are this artifact.
+    pub results: Vec<ResultId>,
+}
+
+/// An entry of `results/` that is not a well-formed commit marker (an empty regular file named
+/// by a result id). rise never writes one; something else did.
+#[derive(Clone, Debug, Serialize)]
+pub struct BadMarker {
+    /// The entry.
+    pub path: PathBuf,
+    /// What is wrong, and whether it still counts as a committed result.
+    pub problem: String,
 }
 
 /// The outcome of [`Store::verify`].
@@ -90,8 +109,11 @@ pub struct VerifyReport {
     /// Committed results the index has not rolled forward yet (normal after commits; the next
     /// index transaction indexes them).
     pub results_not_yet_indexed: usize,
-    /// Checkouts that differ from their artifact (removed by `remove_checkout` or `gc`).
+    /// Checkouts that differ from their artifact (rebuilt by [`Store::rebuild_checkout`], or
+    /// by the next [`Store::artifact_path`] that notices).
     pub bad_checkouts: Vec<BadCheckout>,
+    /// Entries of `results/` that are not empty regular files named by a result id.
+    pub bad_markers: Vec<BadMarker>,
     /// Files under `objects/` that are not named like blobs.
     pub stray_files: Vec<PathBuf>,
 }
@@ -103,7 +125,19 @@ impl VerifyReport {
             && self.bad_results.is_empty()
             && self.index_problems.is_empty()
             && self.bad_checkouts.is_empty()
+            && self.bad_markers.is_empty()
             && self.stray_files.is_empty()
+    }
+
+    /// How many problems the report lists (each bad blob, result, index problem, checkout,
+    /// marker and stray file counts once).
+    pub fn problem_count(&self) -> usize {
+        self.bad_blobs.len()
+            + self.bad_results.len()
+            + self.index_problems.len()
+            + self.bad_checkouts.len()
+            + self.bad_markers.len()
+            + self.stray_files.len()
     }
 }
 
@@ -279,12 +313,14 @@ impl Store {
                                 BlobProblem::Missing,
                                 format!("tree entry {:?} of artifact {a}", e.path),
                             ),
+                            // The blob hashes to its name, so it has the right bytes: the
+                            // tree that records another size is what is wrong.
                             Some(Ok(size)) if *size != e.size => flag(
-                                e.blob,
+                                *a,
                                 BlobProblem::WrongSize,
                                 format!(
-                                    "{size} bytes, but tree entry {:?} of artifact {a} records {}",
-                                    e.path, e.size
+                                    "tree entry {:?} records {} bytes, but its blob {} (intact) has {size}",
+                                    e.path, e.size, e.blob
                                 ),
                             ),
                             _ => {}
@@ -365,12 +401,13 @@ impl Store {
             }),
         }
 
-        // Checkouts.
+        // Checkouts: re-hashed in full (the seals are only for the fast check on use).
         let checkouts = self.root.join("checkouts");
         let mut dirs: Vec<_> = fs::read_dir(&checkouts)
             .map_err(StoreError::io("list", &checkouts))?
             .flatten()
             .map(|e| e.path())
+            .filter(|p| !is_seal_record(p))
             .collect();
         dirs.sort();
         for dir in dirs {
@@ -386,13 +423,66 @@ impl Store {
                 },
             };
             if !problems.is_empty() {
+                let results = id
+                    .and_then(|a| artifact_users.get(&a))
+                    .map(|(results, _)| results.iter().copied().collect())
+                    .unwrap_or_default();
                 report.bad_checkouts.push(BadCheckout {
                     path: dir,
+                    artifact: id,
                     problems,
+                    results,
                 });
             }
         }
+        report.bad_markers = self.check_markers()?;
         Ok(report)
+    }
+
+    /// Every entry of `results/` that is not an empty regular file named by a result id.
+    fn check_markers(&self) -> Result<Vec<BadMarker>> {
+        let dir = self.results_dir();
+        let mut bad = Vec::new();
+        for e in fs::read_dir(&dir).map_err(StoreError::io("list", &dir))? {
+            let e = e.map_err(StoreError::io("list", &dir))?;
+            let path = e.path();
+            let named_by_id = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<ResultId>().is_ok());
+            let meta = fs::symlink_metadata(&path).map_err(StoreError::io("stat", &path))?;
+            let ft = meta.file_type();
+            let problem = if !named_by_id {
+                Some(
+                    "not named by a result id (64 lowercase hex digits); ignored, remove it"
+                        .to_string(),
+                )
+            } else if !ft.is_file() {
+                let what = if ft.is_symlink() {
+                    "a symbolic link"
+                } else if ft.is_dir() {
+                    "a directory"
+                } else {
+                    "a special file"
+                };
+                Some(format!(
+                    "is {what}, not an empty file; not counted as a committed result, remove it"
+                ))
+            } else if meta.len() > 0 {
+                Some(format!(
+                    "has {} bytes; markers are empty (the result still counts as committed: \
+                     a marker's existence is the commit; empty it with `truncate -s 0`)",
+                    meta.len()
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                bad.push(BadMarker { path, problem });
+            }
+        }
+        bad.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(bad)
     }
 
     /// Rebuilds the index from the committed result manifests. Run it after deleting or
@@ -496,19 +586,26 @@ impl Store {
             .map(|m| m.len())
             .sum();
 
+        // Checkouts (directories) and their seal records (`<id>.seal` files) go together.
         let checkouts = self.root.join("checkouts");
         let doomed_checkouts: Vec<PathBuf> = fs::read_dir(&checkouts)
             .map_err(StoreError::io("list", &checkouts))?
             .flatten()
             .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<ArtifactId>().ok())
+                let name = e.file_name();
+                let name = name.to_str().unwrap_or_default();
+                name.strip_suffix(SEAL_SUFFIX)
+                    .unwrap_or(name)
+                    .parse::<ArtifactId>()
+                    .ok()
                     .is_none_or(|a| !keep_artifacts.contains(&a))
             })
             .map(|e| e.path())
             .collect();
-        report.removed_checkouts = doomed_checkouts.len();
+        report.removed_checkouts = doomed_checkouts
+            .iter()
+            .filter(|p| !is_seal_record(p))
+            .count();
 
         // Scratch of a committed stage is leftover; scratch of an uncommitted one is resumable
         // work, kept. A locked one is in use either way.
@@ -598,6 +695,14 @@ impl Store {
     }
 }
 
+/// `checkouts/<artifact id>.seal`, the seal record of a checkout (not a checkout itself).
+fn is_seal_record(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(SEAL_SUFFIX))
+        .is_some_and(|stem| stem.parse::<ArtifactId>().is_ok())
+}
+
 fn describe_diff(actual: &IndexSnapshot, expected: &IndexSnapshot) -> String {
     fn count<K: Ord, V: PartialEq>(
         a: &BTreeMap<K, V>,
@@ -631,4 +736,186 @@ fn describe_diff(actual: &IndexSnapshot, expected: &IndexSnapshot) -> String {
         }
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn setup() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("store")).unwrap();
+        (dir, s)
+    }
+
+    fn tree_of(s: &Store, dir: &std::path::Path, files: &[(&str, &[u8])]) -> ArtifactId {
+        for (p, bytes) in files {
+            let path = dir.join(p);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, bytes).unwrap();
+        }
+        s.put_tree(dir).unwrap()
+    }
+
+    fn manifest(key: u8, stage: &str, output: ArtifactId) -> ResultManifest {
+        ResultManifest {
+            key: StageKey([key; 32]),
+            pipeline: "p".into(),
+            stage: stage.into(),
+            kind: "test".into(),
+            kind_version: 1,
+            params: serde_json::json!({}),
+            inputs: Default::default(),
+            output,
+            metrics: serde_json::json!({}),
+            engine_version: "test".into(),
+            host: "h".into(),
+            device: "cpu".into(),
+            started_at: "2025-01-01T00:00:00Z".into(),
+            finished_at: "2025-01-01T00:00:01Z".into(),
+            run_id: "r".into(),
+        }
+    }
+
+    #[test]
+    fn markers_that_are_not_empty_files_named_by_a_result_id_are_reported() {
+        let (dir, s) = setup();
+        let a = tree_of(&s, &dir.path().join("a"), &[("x", b"x")]);
+        let r = s.commit_result(&manifest(1, "a", a)).unwrap();
+        assert!(s.verify().unwrap().is_clean());
+        let results = s.root().join("results");
+        fs::write(results.join(r.to_hex()), b"oops").unwrap();
+        fs::write(results.join("notes.txt"), b"").unwrap();
+        let as_dir = BlobId([0xd1; 32]);
+        fs::create_dir(results.join(as_dir.to_hex())).unwrap();
+        let as_link = BlobId([0x11; 32]);
+        symlink(results.join(r.to_hex()), results.join(as_link.to_hex())).unwrap();
+
+        assert_eq!(
+            s.markers().unwrap().into_iter().collect::<Vec<_>>(),
+            [r],
+            "a directory or link is not a commit"
+        );
+        let report = s.verify().unwrap();
+        assert_eq!(report.results_checked, 1);
+        let found: Vec<(String, &str)> = report
+            .bad_markers
+            .iter()
+            .map(|m| {
+                (
+                    m.path.file_name().unwrap().to_string_lossy().into_owned(),
+                    m.problem.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(found.len(), 4, "{found:#?}");
+        let problem = |name: &str| {
+            found
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| *p)
+                .unwrap_or_else(|| panic!("{name} not reported: {found:#?}"))
+        };
+        assert!(problem(&r.to_hex()).starts_with("has 4 bytes; markers are empty"));
+        assert!(problem("notes.txt").starts_with("not named by a result id"));
+        assert!(problem(&as_dir.to_hex()).starts_with("is a directory"));
+        assert!(problem(&as_link.to_hex()).starts_with("is a symbolic link"));
+        assert!(!report.is_clean());
+        assert_eq!(report.problem_count(), 4);
+    }
+
+    #[test]
+    fn a_tree_recording_a_wrong_size_is_reported_under_the_trees_id() {
+        let (_dir, s) = setup();
+        let blob = s.put_bytes(b"payload").unwrap();
+        let text = format!(
+            r#"{{"format":"rise-tree/1","entries":[{{"path":"p","blob":"{blob}","size":99,"executable":false}}]}}"#
+        );
+        let tree = s.put_bytes(text.as_bytes()).unwrap();
+        s.pin("keep", &tree).unwrap();
+        let report = s.verify().unwrap();
+        assert_eq!(report.bad_blobs.len(), 1, "{report:#?}");
+        let bad = &report.bad_blobs[0];
+        assert_eq!(
+            (bad.id, bad.problem),
+            (tree, BlobProblem::WrongSize),
+            "the tree, not the innocent blob {blob}"
+        );
+        assert!(
+            bad.detail.contains("\"p\" records 99 bytes")
+                && bad.detail.contains(&blob.to_string())
+                && bad.detail.contains("(intact) has 7"),
+            "{}",
+            bad.detail
+        );
+        assert_eq!(bad.artifacts, [tree]);
+        assert_eq!(bad.pins, ["keep"]);
+    }
+
+    #[test]
+    fn a_damaged_checkout_is_a_problem_naming_the_file_and_the_results_that_use_it() {
+        let (dir, s) = setup();
+        let a = tree_of(&s, &dir.path().join("a"), &[("data/rows.txt", b"1\n2\n")]);
+        let r = s.commit_result(&manifest(1, "a", a)).unwrap();
+        let mut consumer = manifest(2, "b", a);
+        consumer.inputs.insert("x".into(), a);
+        let r2 = s.commit_result(&consumer).unwrap();
+        let co = s.artifact_path(&a).unwrap();
+        let file = co.join("data/rows.txt");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&file, b"1\n3\n").unwrap();
+
+        let report = s.verify().unwrap();
+        assert_eq!(report.bad_checkouts.len(), 1, "{report:#?}");
+        let bad = &report.bad_checkouts[0];
+        assert_eq!((bad.path.clone(), bad.artifact), (co.clone(), Some(a)));
+        let mut users = vec![r, r2];
+        users.sort();
+        assert_eq!(bad.results, users);
+        assert!(
+            bad.problems[0].starts_with("file \"data/rows.txt\" was modified")
+                && bad.problems[1]
+                    == "file \"data/rows.txt\" has mode 0644; checkout files are 0444",
+            "{:?}",
+            bad.problems
+        );
+        assert!(!report.is_clean() && report.problem_count() == 1);
+
+        s.rebuild_checkout(&a).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"1\n2\n");
+        let report = s.verify().unwrap();
+        assert!(report.is_clean(), "{report:#?}");
+    }
+
+    #[test]
+    fn gc_removes_seals_with_their_checkouts_and_verify_ignores_seals() {
+        let (dir, s) = setup();
+        let a = tree_of(&s, &dir.path().join("a"), &[("x", b"x")]);
+        let old = tree_of(&s, &dir.path().join("old"), &[("y", b"y")]);
+        let mut m_old = manifest(1, "a", old);
+        m_old.finished_at = "2025-01-01T00:00:00Z".into();
+        s.commit_result(&m_old).unwrap();
+        s.commit_result(&manifest(2, "a", a)).unwrap();
+        s.artifact_path(&a).unwrap();
+        s.artifact_path(&old).unwrap();
+        assert!(s.seal_path(&old).is_file());
+        fs::write(s.root().join("checkouts/stray"), b"").unwrap();
+        let report = s.verify().unwrap();
+        assert_eq!(
+            report.bad_checkouts.len(),
+            1,
+            "only the stray entry: {report:#?}"
+        );
+        assert_eq!(report.bad_checkouts[0].artifact, None);
+
+        let gc = s.gc(false).unwrap();
+        assert_eq!(
+            gc.removed_checkouts, 2,
+            "the old checkout and the stray file"
+        );
+        assert!(!s.checkout_path(&old).exists() && !s.seal_path(&old).exists());
+        assert!(s.checkout_path(&a).is_dir() && s.seal_path(&a).is_file());
+        assert!(s.verify().unwrap().is_clean());
+    }
 }

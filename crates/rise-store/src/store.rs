@@ -562,7 +562,8 @@ pub(crate) fn remove_dir_all_force(path: &Path) -> Result<()> {
     }
 }
 
-fn make_writable(path: &Path) {
+/// Makes `path` and every directory below it writable (0755), so that it can be removed.
+pub(crate) fn make_writable(path: &Path) {
     if let Ok(meta) = fs::symlink_metadata(path) {
         if meta.is_dir() {
             let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o755));
