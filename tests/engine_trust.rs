@@ -7,8 +7,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// A stage whose work runs in a background grandchild that appends `line 1` … `line 15` to its
-/// scratch, resuming after the lines already there; the stage copies them out when done. While
-/// the file `gate` is absent each line takes 0.3 s, and `started` appears after line 3.
+/// scratch, 0.2 s a line, resuming after the lines already there; the stage copies them out when
+/// done. `started` appears after line 3.
 ///
 /// An orphaned writer from a killed run, still appending when the re-run resumes, would leave
 /// duplicated lines: the artifact would differ from an uninterrupted run's.
@@ -24,7 +24,7 @@ n=0; if [ -f "$lines" ]; then n=$(wc -l < "$lines"); fi
   while [ "$i" -lt 15 ]; do
     i=$((i+1)); echo "line $i" >> "$lines"
     if [ "$i" = 3 ]; then touch started; fi
-    if [ ! -e gate ]; then sleep 0.3; fi
+    sleep 0.2
   done ) &
 wait
 cp "$lines" "$RISE_OUT/lines"
@@ -52,7 +52,6 @@ fn wait_for(path: &Path, child: &mut Child) {
 fn uninterrupted_lock() -> String {
     let clean = Env::new();
     let p = clean.write("p.toml", &background_writer_pipeline());
-    clean.write("gate", "");
     clean.ok(&["run", p.to_str().unwrap(), "--quiet"]);
     clean.ok(&["lock", p.to_str().unwrap()])
 }
@@ -88,7 +87,6 @@ fn killed_engine_then_rerun(signal: &str) {
         assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
         assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     }
-    env.write("gate", "");
     let rerun = env.run(&["run", p, "--plain"]);
     assert!(rerun.status.success(), "{}", stderr(&rerun));
     let expected: String = (1..=15).map(|i| format!("line {i}\n")).collect();
