@@ -66,6 +66,7 @@ mod index;
 mod lock;
 mod maint;
 mod result;
+mod runs;
 mod store;
 mod tree;
 
@@ -79,5 +80,6 @@ pub use maint::{
     VerifyReport,
 };
 pub use result::{write_canonical_json, ResultManifest, RESULT_FORMAT};
+pub use runs::RunPruneReport;
 pub use store::Store;
 pub use tree::{validate_path, Tree, TreeEntry, TREE_FORMAT};
