@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod doctor;
 mod grade;
+mod import;
 mod model;
 mod pipeline;
 mod store;
@@ -50,6 +51,8 @@ enum Command {
     Grade(grade::Command),
     #[command(flatten)]
     Model(model::Command),
+    #[command(flatten)]
+    Import(import::Command),
 }
 
 pub fn main() -> ExitCode {
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Store(cmd) => store::run(cmd, &cli.global),
         Command::Grade(cmd) => grade::run(cmd, &cli.global),
         Command::Model(cmd) => model::run(cmd, &cli.global),
+        Command::Import(cmd) => import::run(cmd, &cli.global),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,15 @@
 //! Tokenizers: Hugging Face `tokenizer.json` through the `tokenizers` crate (no network
-//! features), chat templates from `tokenizer_config.json` rendered with minijinja, and
-//! byte-level BPE training for from-scratch models.
+//! features), chat templates found where transformers 5 looks for them and rendered with
+//! minijinja, and byte-level BPE training for from-scratch models.
+//!
+//! Chat templates are looked up in the order transformers 5 uses: `chat_template.jinja` (the
+//! default template) and `additional_chat_templates/*.jinja` (named ones); else the legacy
+//! `chat_template.json`; else `tokenizer_config.json`'s `chat_template` (a string, or a list of
+//! `{name, template}`). A model whose vocabulary has chat markers such as `<|im_start|>` but
+//! no template anywhere is an error when a chat template is asked for, never a silent fall
+//! back to rise's plain role markers: that would train and evaluate on a format the model
+//! has never seen.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rise_data::conversation::{ChatTemplate, Message, PlainTemplate, TemplateError, TokenizeText};
@@ -34,6 +43,232 @@ pub enum TokenizerError {
     /// A named special token is not in the vocabulary.
     #[error("special token {0:?} is not in the vocabulary")]
     UnknownToken(String),
+    /// The vocabulary has chat markers but no chat template was found.
+    #[error(
+        "{dir}: the tokenizer has chat tokens ({markers}) but no chat template: looked for \
+         chat_template.jinja, additional_chat_templates/*.jinja, chat_template.json and \
+         tokenizer_config.json's `chat_template`. rise does not fall back to its plain role \
+         markers for such a model (it was never trained on them); add the model's template \
+         as chat_template.jinja"
+    )]
+    NoChatTemplate {
+        /// The tokenizer directory.
+        dir: PathBuf,
+        /// The chat markers found in the vocabulary, comma-separated.
+        markers: String,
+    },
+    /// Several named templates and none chosen (and none called `default`), or the chosen
+    /// name does not exist.
+    #[error("{path}: {message} (templates here: {available})")]
+    TemplateChoice {
+        /// Where the templates were found.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+        /// The template names found, comma-separated.
+        available: String,
+    },
+    /// The chat template does not compile.
+    #[error("{path}: {source}")]
+    Template {
+        /// Where the template came from.
+        path: PathBuf,
+        /// The compile error.
+        source: TemplateError,
+    },
+}
+
+/// Markers of Hugging Face chat formats that rise's plain template never uses. A vocabulary
+/// that holds one of them belongs to a chat model, whose template must be found.
+const CHAT_MARKERS: &[&str] = &[
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "[INST]",
+    "[/INST]",
+    "<|START_OF_TURN_TOKEN|>",
+    "<|END_OF_TURN_TOKEN|>",
+];
+
+/// The chat templates of a model directory, by name, and the file they came from.
+#[derive(Clone, Debug, Default)]
+struct FoundTemplates {
+    /// Template name → Jinja source; a single unnamed template is called `default`.
+    templates: BTreeMap<String, String>,
+    /// The file (or directory) they were read from, for error messages.
+    origin: PathBuf,
+}
+
+/// Reads a text file, or `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, TokenizerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A `chat_template` JSON value (from `tokenizer_config.json` or `chat_template.json`): a
+/// string, a list of `{name, template}`, or a `{name: template}` table.
+fn templates_from_json(
+    value: &Value,
+    path: &Path,
+    field: &str,
+) -> Result<BTreeMap<String, String>, TokenizerError> {
+    let bad = |message: String| TokenizerError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut out = BTreeMap::new();
+    match value {
+        Value::Null => {}
+        Value::String(s) => {
+            out.insert("default".to_string(), s.clone());
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let name = item.get("name").and_then(Value::as_str);
+                let template = item.get("template").and_then(Value::as_str);
+                match (name, template) {
+                    (Some(n), Some(t)) => {
+                        out.insert(n.to_string(), t.to_string());
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "field `{field}[{i}]` must be {{\"name\": ..., \"template\": ...}}"
+                        )))
+                    }
+                }
+            }
+        }
+        Value::Object(map) => {
+            for (name, t) in map {
+                let t = t.as_str().ok_or_else(|| {
+                    bad(format!("field `{field}.{name}` must be a template string"))
+                })?;
+                out.insert(name.clone(), t.to_string());
+            }
+        }
+        _ => {
+            return Err(bad(format!(
+                "field `{field}` must be a string, a list of {{name, template}} or a table of templates"
+            )))
+        }
+    }
+    Ok(out)
+}
+
+/// Finds a directory's chat templates where transformers 5 looks (see the module docs).
+fn find_templates(
+    dir: &Path,
+    config: &serde_json::Map<String, Value>,
+) -> Result<FoundTemplates, TokenizerError> {
+    let jinja = dir.join("chat_template.jinja");
+    let extra_dir = dir.join("additional_chat_templates");
+    let legacy = dir.join("chat_template.json");
+    let mut templates = BTreeMap::new();
+    if let Some(text) = read_optional(&jinja)? {
+        templates.insert("default".to_string(), text);
+    }
+    if extra_dir.is_dir() {
+        let entries = std::fs::read_dir(&extra_dir).map_err(|source| TokenizerError::Io {
+            path: extra_dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|source| TokenizerError::Io {
+                    path: extra_dir.clone(),
+                    source,
+                })?
+                .path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".jinja"))
+            else {
+                continue;
+            };
+            let text = read_optional(&path)?.unwrap_or_default();
+            templates.insert(name.to_string(), text);
+        }
+    }
+    let legacy_text = read_optional(&legacy)?;
+    if !templates.is_empty() {
+        // transformers' tokenizer reads only the .jinja files, its processor prefers the
+        // legacy file: when both are present and disagree, neither choice is safe.
+        if let Some(text) = legacy_text {
+            let from_json = parse_json_object(&text, &legacy)?;
+            let legacy_templates = templates_from_json(
+                from_json.get("chat_template").unwrap_or(&Value::Null),
+                &legacy,
+                "chat_template",
+            )?;
+            if legacy_templates.get("default") != templates.get("default") {
+                return Err(TokenizerError::Format {
+                    path: legacy,
+                    message: "disagrees with chat_template.jinja next to it; transformers' \
+                              tokenizer and processor would each pick a different one. Keep one \
+                              of the two files"
+                        .into(),
+                });
+            }
+        }
+        let origin = if templates.contains_key("default") {
+            jinja
+        } else {
+            extra_dir
+        };
+        return Ok(FoundTemplates { templates, origin });
+    }
+    if let Some(text) = legacy_text {
+        let from_json = parse_json_object(&text, &legacy)?;
+        let templates = templates_from_json(
+            from_json.get("chat_template").unwrap_or(&Value::Null),
+            &legacy,
+            "chat_template",
+        )?;
+        if !templates.is_empty() {
+            return Ok(FoundTemplates {
+                templates,
+                origin: legacy,
+            });
+        }
+    }
+    let cfg_path = dir.join("tokenizer_config.json");
+    let templates = templates_from_json(
+        config.get("chat_template").unwrap_or(&Value::Null),
+        &cfg_path,
+        "chat_template",
+    )?;
+    Ok(FoundTemplates {
+        templates,
+        origin: cfg_path,
+    })
+}
+
+fn parse_json_object(
+    text: &str,
+    path: &Path,
+) -> Result<serde_json::Map<String, Value>, TokenizerError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(TokenizerError::Format {
+            path: path.to_path_buf(),
+            message: "not a JSON object".into(),
+        }),
+        Err(e) => Err(TokenizerError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// A tokenizer with its special tokens and chat template.
@@ -43,7 +278,12 @@ pub struct Tokenizer {
     bos_token: Option<String>,
     eos_token: Option<String>,
     pad_token: Option<String>,
+    /// The chosen chat template's source.
     chat_template: Option<String>,
+    /// Every template found, by name, and where (kept for the error when none is chosen).
+    found: FoundTemplates,
+    /// The directory this tokenizer was loaded from, for error messages.
+    dir: Option<PathBuf>,
     /// `tokenizer_config.json` as read, so that fields we do not interpret survive a save.
     config: serde_json::Map<String, Value>,
 }
@@ -58,9 +298,19 @@ fn token_field(config: &serde_json::Map<String, Value>, key: &str) -> Option<Str
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json` from `dir`, plus `tokenizer_config.json` when present (chat
-    /// template, BOS/EOS/PAD tokens).
+    /// Loads `tokenizer.json` from `dir`, plus `tokenizer_config.json` when present (BOS/EOS/PAD
+    /// tokens) and the chat template called `default` (or the only one), found as the module
+    /// docs say.
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
+        Self::from_dir_with_template(dir, None)
+    }
+
+    /// Like [`Tokenizer::from_dir`], choosing the chat template called `template` when the
+    /// directory has several (an error naming the ones there if it has no such template).
+    pub fn from_dir_with_template(
+        dir: &Path,
+        template: Option<&str>,
+    ) -> Result<Self, TokenizerError> {
         let path = dir.join("tokenizer.json");
         let bytes = std::fs::read(&path).map_err(|source| TokenizerError::Io {
             path: path.clone(),
@@ -72,46 +322,38 @@ impl Tokenizer {
                 message: e.to_string(),
             })?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let config = if cfg_path.is_file() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(|source| TokenizerError::Io {
-                path: cfg_path.clone(),
-                source,
-            })?;
-            match serde_json::from_str::<Value>(&text) {
-                Ok(Value::Object(map)) => map,
-                Ok(_) => {
-                    return Err(TokenizerError::Format {
-                        path: cfg_path,
-                        message: "not a JSON object".into(),
-                    })
-                }
-                Err(e) => {
-                    return Err(TokenizerError::Format {
-                        path: cfg_path,
-                        message: e.to_string(),
-                    })
-                }
-            }
-        } else {
-            serde_json::Map::new()
+        let config = match read_optional(&cfg_path)? {
+            Some(text) => parse_json_object(&text, &cfg_path)?,
+            None => serde_json::Map::new(),
         };
-        let chat_template = match config.get("chat_template") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            // The list form names several templates; the one called "default" is the chat one.
-            Some(Value::Array(items)) => items
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            Some(_) => {
-                return Err(TokenizerError::Format {
-                    path: cfg_path,
-                    message: "field `chat_template` must be a string or a list of {name, template}"
-                        .into(),
-                })
-            }
+        let found = find_templates(dir, &config)?;
+        let names = || {
+            found
+                .templates
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let chat_template = match template {
+            Some(name) => match found.templates.get(name) {
+                Some(t) => Some(t.clone()),
+                None => {
+                    return Err(TokenizerError::TemplateChoice {
+                        path: found.origin.clone(),
+                        message: format!("no chat template called {name:?}"),
+                        available: if found.templates.is_empty() {
+                            "none".into()
+                        } else {
+                            names()
+                        },
+                    })
+                }
+            },
+            None if found.templates.len() == 1 => found.templates.values().next().cloned(),
+            // Several templates and none called `default`: the error is raised when a chat
+            // template is asked for, as transformers does.
+            None => found.templates.get("default").cloned(),
         };
         let tok = Tokenizer {
             inner,
@@ -119,6 +361,8 @@ impl Tokenizer {
             eos_token: token_field(&config, "eos_token"),
             pad_token: token_field(&config, "pad_token"),
             chat_template,
+            found,
+            dir: Some(dir.to_path_buf()),
             config,
         };
         for t in [&tok.bos_token, &tok.eos_token, &tok.pad_token]
@@ -175,6 +419,8 @@ impl Tokenizer {
             eos_token: None,
             pad_token: None,
             chat_template: None,
+            found: FoundTemplates::default(),
+            dir: None,
             config: serde_json::Map::new(),
         })
     }
@@ -215,6 +461,14 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
         let path = dir.join("tokenizer.json");
         std::fs::write(&path, json).map_err(|source| TokenizerError::Io { path, source })?;
+        self.save_config(dir)
+    }
+
+    /// Writes only `tokenizer_config.json` into `dir`: the special tokens and the chosen chat
+    /// template as one string, so that a directory whose template came from
+    /// `chat_template.jinja` (or was chosen by name) carries it in the file every loader and
+    /// `rise export` read.
+    pub fn save_config(&self, dir: &Path) -> Result<(), TokenizerError> {
         let mut config = self.config.clone();
         config
             .entry("tokenizer_class")
@@ -234,6 +488,17 @@ impl Tokenizer {
         }
         match &self.chat_template {
             Some(t) => config.insert("chat_template".into(), json!(t)),
+            // Several named templates, none chosen: keep them all, in the list form.
+            None if !self.found.templates.is_empty() => config.insert(
+                "chat_template".into(),
+                Value::Array(
+                    self.found
+                        .templates
+                        .iter()
+                        .map(|(name, t)| json!({"name": name, "template": t}))
+                        .collect(),
+                ),
+            ),
             None => config.remove("chat_template"),
         };
         let path = dir.join("tokenizer_config.json");
@@ -297,21 +562,74 @@ impl Tokenizer {
             .and_then(|t| self.inner.token_to_id(t))
     }
 
-    /// The raw Jinja chat template, if `tokenizer_config.json` has one.
+    /// The chosen Jinja chat template, if the directory has one.
     pub fn chat_template_source(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
 
-    /// The model's chat template: its Jinja template when it has one, else the plain
-    /// role-marker template of from-scratch models.
-    pub fn chat_template(&self) -> Result<Template, TemplateError> {
+    /// Where the chat templates were found (`chat_template.jinja`, ...), if any were.
+    pub fn chat_template_origin(&self) -> Option<&Path> {
+        (!self.found.templates.is_empty()).then_some(self.found.origin.as_path())
+    }
+
+    /// The names of every chat template found (`default` for a single unnamed one).
+    pub fn chat_template_names(&self) -> Vec<&str> {
+        self.found.templates.keys().map(String::as_str).collect()
+    }
+
+    /// The chat markers (`<|im_start|>`, ...) in the vocabulary: a model that has them was
+    /// trained on a chat format of its own.
+    pub fn chat_markers(&self) -> Vec<&'static str> {
+        CHAT_MARKERS
+            .iter()
+            .copied()
+            .filter(|m| self.inner.token_to_id(m).is_some())
+            .collect()
+    }
+
+    /// The model's chat template: its Jinja template when it has one; the plain role-marker
+    /// template of from-scratch models when it has none and no chat markers either. A
+    /// vocabulary with chat markers and no template, or several templates none of which is
+    /// chosen, is an error.
+    pub fn chat_template(&self) -> Result<Template, TokenizerError> {
+        let origin = || {
+            self.dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<tokenizer>"))
+        };
         match &self.chat_template {
-            Some(src) => Ok(Template::Jinja(JinjaTemplate::new(
+            Some(src) => JinjaTemplate::new(
                 src,
                 self.bos_token.clone().unwrap_or_default(),
                 self.eos_token.clone().unwrap_or_default(),
-            )?)),
-            None => Ok(Template::Plain(PlainTemplate::default())),
+            )
+            .map(Template::Jinja)
+            .map_err(|source| TokenizerError::Template {
+                path: if self.found.templates.is_empty() {
+                    origin()
+                } else {
+                    self.found.origin.clone()
+                },
+                source,
+            }),
+            None if !self.found.templates.is_empty() => Err(TokenizerError::TemplateChoice {
+                path: self.found.origin.clone(),
+                message: "several chat templates and none is called `default`; choose one by \
+                          name (`chat_template` param of the model stage, `--chat-template`)"
+                    .into(),
+                available: self.chat_template_names().join(", "),
+            }),
+            None => {
+                let markers = self.chat_markers();
+                if markers.is_empty() {
+                    Ok(Template::Plain(PlainTemplate::default()))
+                } else {
+                    Err(TokenizerError::NoChatTemplate {
+                        dir: origin(),
+                        markers: markers.join(", "),
+                    })
+                }
+            }
         }
     }
 
@@ -521,6 +839,158 @@ mod tests {
         .render(&msgs, false)
         .unwrap_err();
         assert!(err.to_string().contains("bad role"), "{err}");
+    }
+
+    /// A saved tokenizer whose vocabulary has `<|im_start|>`/`<|im_end|>`, with no template.
+    fn chat_vocab_dir() -> tempfile::TempDir {
+        let tok = Tokenizer::train_bpe(
+            CORPUS.iter().copied().cycle().take(40),
+            300,
+            &["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        )
+        .unwrap()
+        .with_special(None, Some("<|im_end|>"), None)
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        tok.save(dir.path()).unwrap();
+        dir
+    }
+
+    fn render_user(tok: &Tokenizer) -> String {
+        tok.chat_template()
+            .unwrap()
+            .render(&[Message::new(Role::User, "hi")], true)
+            .unwrap()
+    }
+
+    #[test]
+    fn chat_markers_without_a_template_are_an_error_not_the_plain_fallback() {
+        let dir = chat_vocab_dir();
+        let tok = Tokenizer::from_dir(dir.path()).unwrap();
+        let err = tok.chat_template().unwrap_err().to_string();
+        assert!(
+            err.contains("<|im_start|>")
+                && err.contains("chat_template.jinja")
+                && err.contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        // A from-scratch tokenizer (plain role markers only) keeps the plain template.
+        assert!(matches!(trained().chat_template(), Ok(Template::Plain(_))));
+    }
+
+    #[test]
+    fn templates_are_found_where_transformers_5_looks_first() {
+        let dir = chat_vocab_dir();
+        let cfg = dir.path().join("tokenizer_config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        config["chat_template"] = json!("CONFIG{{ messages[0].content }}");
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        assert_eq!(
+            render_user(&Tokenizer::from_dir(dir.path()).unwrap()),
+            "CONFIGhi"
+        );
+
+        // The legacy processor file beats tokenizer_config.json ...
+        std::fs::write(
+            dir.path().join("chat_template.json"),
+            json!({"chat_template": "JSON{{ messages[0].content }}"}).to_string(),
+        )
+        .unwrap();
+        let tok = Tokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(render_user(&tok), "JSONhi");
+        assert!(tok
+            .chat_template_origin()
+            .unwrap()
+            .ends_with("chat_template.json"));
+
+        // ... and chat_template.jinja beats both, but must agree with the legacy file.
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "JINJA{{ messages[0].content }}",
+        )
+        .unwrap();
+        let err = Tokenizer::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("chat_template.json") && err.contains("disagrees"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("chat_template.json")).unwrap();
+        let tok = Tokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(render_user(&tok), "JINJAhi");
+        assert!(tok
+            .chat_template_origin()
+            .unwrap()
+            .ends_with("chat_template.jinja"));
+
+        // Saving writes the chosen template into tokenizer_config.json, so that a copy of
+        // that file alone (as `rise export` makes) carries it.
+        let out = tempfile::tempdir().unwrap();
+        tok.save(out.path()).unwrap();
+        assert!(!out.path().join("chat_template.jinja").exists());
+        assert_eq!(
+            render_user(&Tokenizer::from_dir(out.path()).unwrap()),
+            "JINJAhi"
+        );
+    }
+
+    #[test]
+    fn named_templates_use_default_or_the_one_asked_for() {
+        let dir = chat_vocab_dir();
+        let extra = dir.path().join("additional_chat_templates");
+        std::fs::create_dir_all(&extra).unwrap();
+        std::fs::write(
+            extra.join("tool_use.jinja"),
+            "TOOLS{{ messages[0].content }}",
+        )
+        .unwrap();
+        std::fs::write(extra.join("rag.jinja"), "RAG{{ messages[0].content }}").unwrap();
+        // No default: asking for a template is an error that lists the names.
+        let tok = Tokenizer::from_dir(dir.path()).unwrap();
+        let err = tok.chat_template().unwrap_err().to_string();
+        assert!(
+            err.contains("rag, tool_use") && err.contains("default"),
+            "{err}"
+        );
+        let tok = Tokenizer::from_dir_with_template(dir.path(), Some("tool_use")).unwrap();
+        assert_eq!(render_user(&tok), "TOOLShi");
+        let err = Tokenizer::from_dir_with_template(dir.path(), Some("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"nope\"") && err.contains("rag, tool_use"),
+            "{err}"
+        );
+        // With chat_template.jinja, `default` is chosen unless another is named.
+        std::fs::write(
+            dir.path().join("chat_template.jinja"),
+            "DEF{{ messages[0].content }}",
+        )
+        .unwrap();
+        assert_eq!(
+            render_user(&Tokenizer::from_dir(dir.path()).unwrap()),
+            "DEFhi"
+        );
+        let tok = Tokenizer::from_dir_with_template(dir.path(), Some("rag")).unwrap();
+        assert_eq!(render_user(&tok), "RAGhi");
+        assert_eq!(tok.chat_template_names(), ["default", "rag", "tool_use"]);
+
+        // The list form of tokenizer_config.json is read too.
+        let dir = chat_vocab_dir();
+        let cfg = dir.path().join("tokenizer_config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        config["chat_template"] = json!([
+            {"name": "default", "template": "D{{ messages[0].content }}"},
+            {"name": "tool_use", "template": "T{{ messages[0].content }}"}
+        ]);
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        assert_eq!(
+            render_user(&Tokenizer::from_dir(dir.path()).unwrap()),
+            "Dhi"
+        );
+        let tok = Tokenizer::from_dir_with_template(dir.path(), Some("tool_use")).unwrap();
+        assert_eq!(render_user(&tok), "Thi");
     }
 
     #[test]

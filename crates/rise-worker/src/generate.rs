@@ -11,10 +11,13 @@ use crate::model_opts::ModelOpts;
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
 Without --chat the prompt is tokenized as-is (plus the tokenizer's BOS, as transformers does). \
-With --chat it becomes a user message rendered by the model's chat template \
-(tokenizer_config.json's chat_template, else rise's plain role markers), and the \
-template's end-of-turn strings are added to the stop strings.\n\n\
-Examples:\n  rise generate --model runs/sft --prompt 'What is 7 * 6?' --chat\n  \
+With --chat it becomes a user message rendered by the model's chat template, found where \
+transformers 5 looks: chat_template.jinja (and additional_chat_templates/NAME.jinja), else \
+chat_template.json, else tokenizer_config.json's chat_template. A model without any template \
+gets rise's plain role markers, unless its vocabulary has chat tokens such as <|im_start|>: \
+that is an error, never a silent fallback. The template's end-of-turn strings are added to \
+the stop strings. --show-prompt prints each rendered prompt first, so you can check it.\n\n\
+Examples:\n  rise generate --model runs/sft --prompt 'What is 7 * 6?' --chat --show-prompt\n  \
 rise generate --model runs/sft --prompt 'Once upon a time' --n 4 --temperature 0.8 --json")]
 pub struct Args {
     #[command(flatten)]
@@ -49,19 +52,40 @@ pub struct Args {
     /// A system message for --chat.
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
+    /// With --chat, use the chat template of this name (for a model that ships several, e.g.
+    /// `tool_use`); default: the one called `default`.
+    #[arg(long, requires = "chat", value_name = "NAME")]
+    pub chat_template: Option<String>,
+    /// Print each prompt as the model will see it (after the chat template) before sampling:
+    /// a `=== prompt N ===` header and the text on stdout; with --json, a field
+    /// `rendered_prompt` on every line instead.
+    #[arg(long)]
+    pub show_prompt: bool,
     /// Print one JSON object per sample (prompt, sample, text, tokens, finish_reason).
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (_, model, device) = args.model.load()?;
-    let tokenizer = args.model.tokenizer()?;
+    // The tokenizer and template first: a template error needs no model load to report.
+    let tokenizer = match &args.chat_template {
+        None => args.model.tokenizer()?,
+        Some(name) => {
+            rise_model::tokenizer::Tokenizer::from_dir_with_template(&args.model.model, Some(name))
+                .with_context(|| {
+                    format!("loading the tokenizer of {}", args.model.model.display())
+                })?
+        }
+    };
     let mut stop = args.stop.clone();
+    let mut rendered: Vec<String> = Vec::new();
     let prompts: Vec<Vec<u32>> = if args.chat {
-        let template = tokenizer
-            .chat_template()
-            .context("compiling the chat template")?;
+        let template = tokenizer.chat_template().with_context(|| {
+            format!(
+                "--chat: the chat template of {}",
+                args.model.model.display()
+            )
+        })?;
         for s in template.stop_strings() {
             if !stop.contains(&s) {
                 stop.push(s);
@@ -78,10 +102,13 @@ pub fn run(args: Args) -> Result<()> {
                 let text = template
                     .render(&messages, true)
                     .context("rendering the chat template")?;
-                Ok(tokenizer.encode(&text))
+                let ids = tokenizer.encode(&text);
+                rendered.push(text);
+                Ok(ids)
             })
             .collect::<Result<_>>()?
     } else {
+        rendered = args.prompt.clone();
         args.prompt
             .iter()
             .map(|p| {
@@ -94,6 +121,16 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         bail!("--prompt number {}: tokenizes to nothing", i + 1);
     }
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if args.show_prompt && !args.json {
+        for (i, text) in rendered.iter().enumerate() {
+            writeln!(w, "=== prompt {} ===\n{text}", i + 1)?;
+        }
+        writeln!(w, "=== completion ===")?;
+        w.flush()?;
+    }
+    let (_, model, device) = args.model.load()?;
     let params = SamplingParams {
         n: args.n,
         temperature: args.temperature,
@@ -104,13 +141,11 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
     };
     let out = sampler::generate(&model, &tokenizer, &prompts, &params, device)?;
-    let stdout = std::io::stdout();
-    let mut w = stdout.lock();
     let single = out.len() == 1 && args.n == 1;
     for (i, samples) in out.iter().enumerate() {
         for (j, c) in samples.iter().enumerate() {
             if args.json {
-                let line = serde_json::json!({
+                let mut line = serde_json::json!({
                     "prompt": args.prompt[i],
                     "prompt_index": i,
                     "sample": j,
@@ -118,6 +153,9 @@ pub fn run(args: Args) -> Result<()> {
                     "tokens": c.tokens,
                     "finish_reason": c.finish_reason,
                 });
+                if args.show_prompt {
+                    line["rendered_prompt"] = rendered[i].clone().into();
+                }
                 writeln!(w, "{line}")?;
             } else if single {
                 writeln!(w, "{}", c.text)?;
