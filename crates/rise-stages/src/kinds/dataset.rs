@@ -81,6 +81,7 @@ pub static SCHEMA: KindSchema = KindSchema {
         }
         Ok(())
     }),
+    omit_when_absent: &[],
 };
 
 /// The `dataset` stage kind.

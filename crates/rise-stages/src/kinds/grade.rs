@@ -35,6 +35,7 @@ pub static SCHEMA: KindSchema = KindSchema {
             task's grader (RISE.md §3): the extracted answer, the verdict and the reward. \
             Writes the graded trajectories and `grades.json` (accuracy per turn).",
     validate: None,
+    omit_when_absent: &[],
 };
 
 /// Grades every attempt in place.

@@ -34,14 +34,26 @@ pub struct KindSchema {
     pub about: &'static str,
     /// Extra cross-field validation after the schema check.
     pub validate: Option<Validator>,
+    /// Optional params added after results of this kind were cached: when absent they are
+    /// left out of the resolved params, and so out of the cache key, which therefore stays
+    /// what it was before they existed (resolving writes `null` for every other absent
+    /// optional param, and a `null` is part of the key).
+    pub omit_when_absent: &'static [&'static str],
 }
 
 impl KindSchema {
     /// Resolves `params` against the schema (defaults filled in) and runs the extra checks.
     pub fn resolve(&self, params: &Value) -> Result<Value, ParamError> {
-        let resolved = params::resolve(self.fields, params)?;
+        let mut resolved = params::resolve(self.fields, params)?;
         if let Some(v) = self.validate {
             v(&resolved)?;
+        }
+        if let Value::Object(map) = &mut resolved {
+            for name in self.omit_when_absent {
+                if map.get(*name).is_some_and(Value::is_null) {
+                    map.remove(*name);
+                }
+            }
         }
         Ok(resolved)
     }
@@ -289,6 +301,7 @@ pub static TOKENIZER: KindSchema = KindSchema {
             feedback text (input `data`), registering the plain chat template's role markers as \
             single tokens; or, with input `model`, takes that model's tokenizer unchanged.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 pub static MODEL: KindSchema = KindSchema {
@@ -300,20 +313,36 @@ pub static MODEL: KindSchema = KindSchema {
     fields: &[
         Field::optional("config", Ty::File, "model size config (configs/*.toml): a fresh, seeded Llama-architecture model"),
         Field::optional("hf_dir", Ty::Dir, "a local Hugging Face checkpoint directory to import (config.json, model.safetensors, tokenizer.json); its files' content enters the cache key"),
+        Field::optional("gguf", Ty::File, "a llama.cpp GGUF file to import (as `rise import gguf` does: dequantized to fp32, tokenizer and chat template rebuilt from its metadata); its content enters the cache key"),
+        Field::optional("chat_template", Ty::Str, "for a checkpoint with several named chat templates, the one to use (default: the one called `default`)"),
         Field::optional("system", Ty::Text, "system instruction for every conversation with this model (default: rise-data's step-by-step instruction; \"\" for none)"),
     ],
     outputs: &["config.json", "tokenizer.json", "rise.json"],
-    about: "A model as a Hugging Face directory: either initialised from a size config with the \
-            `tokenizer` input's vocabulary, or imported from `hf_dir` (safetensors only; the \
-            chat template comes from its tokenizer_config.json). `rise.json` records the \
-            conversation format (template, system instruction) that every later stage uses.",
+    about: "A model as a Hugging Face directory: initialised from a size config with the \
+            `tokenizer` input's vocabulary, imported from `hf_dir` (safetensors only), or \
+            imported from a `gguf` file. An imported model's chat template is found where \
+            transformers 5 looks (chat_template.jinja, additional_chat_templates/, \
+            chat_template.json, tokenizer_config.json) and written into the output's \
+            tokenizer_config.json; a vocabulary with chat tokens but no template is an error. \
+            `rise.json` records the conversation format (template, system instruction) that \
+            every later stage uses.",
     validate: Some(|v| {
-        match (v["config"].is_null(), v["hf_dir"].is_null()) {
-            (true, true) => Err(ParamError::new("params.config", "give `config` (a fresh model) or `hf_dir` (an imported checkpoint)")),
-            (false, false) => Err(ParamError::new("params.hf_dir", "give either `config` or `hf_dir`, not both")),
-            _ => Ok(()),
+        let given: Vec<&str> = ["config", "hf_dir", "gguf"]
+            .into_iter()
+            .filter(|k| !v[*k].is_null())
+            .collect();
+        match given.as_slice() {
+            [] => Err(ParamError::new("params.config", "give `config` (a fresh model), `hf_dir` (a Hugging Face checkpoint) or `gguf` (a GGUF file)")),
+            [_] => {
+                if !v["chat_template"].is_null() && given == ["config"] {
+                    return Err(ParamError::new("params.chat_template", "a fresh model (`config`) uses rise's plain template; `chat_template` chooses among an imported checkpoint's templates"));
+                }
+                Ok(())
+            }
+            [_, second, ..] => Err(ParamError::new(format!("params.{second}"), format!("give one of `config`, `hf_dir` and `gguf`, not {}", given.join(" and ")))),
         }
     }),
+    omit_when_absent: &["gguf", "chat_template"],
 };
 
 pub static SFT: KindSchema = KindSchema {
@@ -360,6 +389,7 @@ pub static SFT: KindSchema = KindSchema {
             instruction-tuned model brings to RISE) without ever seeing a retry. Resumes from \
             its last checkpoint after a kill.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 pub static SAMPLE: KindSchema = KindSchema {
@@ -398,6 +428,7 @@ pub static SAMPLE: KindSchema = KindSchema {
             while wrong. Shards are committed to scratch as they finish; a re-run after a kill \
             resumes at the first unfinished shard.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 pub static RELABEL: KindSchema = KindSchema {
@@ -442,6 +473,7 @@ pub static RELABEL: KindSchema = KindSchema {
             non-degenerate one (ties: the first) and continues to `turns` turns. Resumes by \
             shards.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 pub static TRAIN: KindSchema = KindSchema {
@@ -494,6 +526,7 @@ pub static TRAIN: KindSchema = KindSchema {
             weighted by exp(r / tau). Starts from `model` (or `base` with restart_from_base); \
             checkpoints to scratch and resumes after a kill; a non-finite loss fails the stage.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 pub static EVALUATE: KindSchema = KindSchema {
@@ -536,6 +569,7 @@ pub static EVALUATE: KindSchema = KindSchema {
             an oracle), p1@t5 (oracle), accuracy per turn and flip rates, with 95% Wilson \
             intervals.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 pub static EXPORT: KindSchema = KindSchema {
@@ -549,6 +583,7 @@ pub static EXPORT: KindSchema = KindSchema {
     about: "A model as a Hugging Face directory (config.json, model.safetensors, tokenizer.json, \
             tokenizer_config.json) that transformers and vLLM load, checked by loading it back.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 /// Every torch kind's schema.
@@ -576,7 +611,12 @@ mod tests {
             let r = s
                 .resolve(&minimal)
                 .unwrap_or_else(|e| panic!("{}: {e}", s.kind));
-            assert_eq!(r.as_object().unwrap().len(), s.fields.len(), "{}", s.kind);
+            assert_eq!(
+                r.as_object().unwrap().len(),
+                s.fields.len() - s.omit_when_absent.len(),
+                "{}",
+                s.kind
+            );
             assert!(s.document().contains(s.kind));
         }
     }
@@ -589,10 +629,38 @@ mod tests {
         );
         let both = json!({"config": "a.toml", "hf_dir": "b"});
         assert_eq!(MODEL.resolve(&both).unwrap_err().field, "params.hf_dir");
+        let both = json!({"hf_dir": "b", "gguf": "m.gguf"});
+        let e = MODEL.resolve(&both).unwrap_err();
+        assert_eq!(e.field, "params.gguf");
+        assert!(e.message.contains("hf_dir and gguf"), "{e}");
         assert_eq!(
             MODEL.file_params(&MODEL.resolve(&json!({"config": "a"})).unwrap()),
             ["config"]
         );
+        let gguf = MODEL.resolve(&json!({"gguf": "m.gguf"})).unwrap();
+        assert_eq!(MODEL.file_params(&gguf), ["gguf"]);
+        let e = MODEL
+            .resolve(&json!({"config": "a", "chat_template": "tool_use"}))
+            .unwrap_err();
+        assert_eq!(e.field, "params.chat_template");
+    }
+
+    #[test]
+    fn params_added_later_leave_existing_keys_alone() {
+        // What resolving gave before `gguf` and `chat_template` existed: their absence must
+        // not show (a `null` would enter, and change, every existing model stage's key).
+        let r = MODEL.resolve(&json!({"config": "a.toml"})).unwrap();
+        assert_eq!(
+            r,
+            json!({"config": "a.toml", "hf_dir": null, "system": null})
+        );
+        assert_eq!(MODEL.resolve(&r).unwrap(), r, "resolving is idempotent");
+        let r = MODEL
+            .resolve(&json!({"gguf": "m.gguf", "chat_template": "tool_use"}))
+            .unwrap();
+        assert_eq!(r["gguf"], "m.gguf");
+        assert_eq!(r["chat_template"], "tool_use");
+        assert_eq!(MODEL.resolve(&r).unwrap(), r);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub static SCHEMA: KindSchema = KindSchema {
             of the paper's effects appear), `accuracy.png` (accuracy against turn for every \
             model) and `report.json`.",
     validate: None,
+    omit_when_absent: &[],
 };
 
 /// The `report` stage kind.

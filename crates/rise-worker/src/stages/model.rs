@@ -1,9 +1,9 @@
-//! The `model` kind: a fresh Llama-architecture model from a size config, or an imported
-//! Hugging Face checkpoint directory.
+//! The `model` kind: a fresh Llama-architecture model from a size config, an imported
+//! Hugging Face checkpoint directory, or an imported llama.cpp GGUF file.
 use std::path::Path;
 
 use rise_data::conversation::DEFAULT_SYSTEM;
-use rise_model::tokenizer::Tokenizer;
+use rise_model::tokenizer::{Template, Tokenizer};
 use rise_model::{LlamaConfig, MemoryBudget};
 use rise_stages::format::{read_size_config, ModelFormat};
 use rise_stages::params::get;
@@ -20,11 +20,94 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     let system = system.unwrap_or_else(|| DEFAULT_SYSTEM.to_string());
     let config: Option<String> = get(&ctx.params, "config")?;
     let hf_dir: Option<String> = get(&ctx.params, "hf_dir")?;
-    match (config, hf_dir) {
-        (Some(config), None) => init(ctx, Path::new(&config), system),
-        (None, Some(dir)) => import(ctx, Path::new(&dir), system),
-        _ => Err(f(&"params: give exactly one of `config` and `hf_dir`")),
+    let gguf: Option<String> = get(&ctx.params, "gguf")?;
+    let chat_template: Option<String> = get(&ctx.params, "chat_template")?;
+    match (config, hf_dir, gguf) {
+        (Some(config), None, None) => init(ctx, Path::new(&config), system),
+        (None, Some(dir), None) => import(ctx, Path::new(&dir), system, chat_template),
+        (None, None, Some(file)) => import_gguf(ctx, Path::new(&file), system, chat_template),
+        _ => Err(f(
+            &"params: give exactly one of `config`, `hf_dir` and `gguf`",
+        )),
     }
+}
+
+/// The conversation format of an imported model: its chat template (the named one, else the
+/// default) when it has one, else the plain markers, and an error, never the plain markers,
+/// for a vocabulary with chat tokens but no template. When the template came from anywhere
+/// but the copied tokenizer_config.json (chat_template.jinja, a named choice), it is written
+/// into the output's tokenizer_config.json, so that every later stage and `rise export`
+/// see exactly this one.
+fn settle_template(
+    ctx: &StageContext,
+    source: &Path,
+    what: &str,
+    chat_template: Option<&str>,
+) -> Result<&'static str, StageError> {
+    let f = fail(ctx);
+    let tokenizer = Tokenizer::from_dir_with_template(source, chat_template)
+        .map_err(|e| f(&format!("{what}: {e}")))?;
+    let template = tokenizer
+        .chat_template()
+        .map_err(|e| f(&format!("{what}: {e}")))?;
+    let from_config = tokenizer
+        .chat_template_origin()
+        .is_none_or(|o| o.ends_with("tokenizer_config.json"));
+    if chat_template.is_some() || !from_config {
+        tokenizer
+            .save_config(&ctx.out_dir)
+            .map_err(|e| f(&format!("writing the chat template: {e}")))?;
+    }
+    Ok(match template {
+        Template::Jinja(_) => "chat",
+        Template::Plain(_) => "plain",
+    })
+}
+
+fn import_gguf(
+    ctx: &StageContext,
+    file: &Path,
+    system: String,
+    chat_template: Option<String>,
+) -> Result<(), StageError> {
+    let f = fail(ctx);
+    let options = rise_gguf::ImportOptions::default();
+    let summary = rise_gguf::write_hf_dir(file, &ctx.out_dir, &options)
+        .map_err(|e| f(&format!("params.gguf: {e}")))?;
+    // Load what was written, as every later stage will: config against tensors, tokenizer.
+    let (cfg, _model) =
+        rise_model::load(&ctx.out_dir, Device::Cpu, Kind::BFloat16).map_err(|e| {
+            f(&format!(
+                "params.gguf {}: the imported model: {e}",
+                file.display()
+            ))
+        })?;
+    let template = settle_template(
+        ctx,
+        &ctx.out_dir,
+        &format!("params.gguf {}", file.display()),
+        chat_template.as_deref(),
+    )?;
+    ModelFormat {
+        system,
+        template: template.into(),
+    }
+    .write(&ctx.out_dir)?;
+    ctx.metric("parameters", cfg.num_parameters().into());
+    let types: Vec<String> = summary
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    ctx.log(format!(
+        "imported {} ({}; {} parameters, tensors {}, {} template)",
+        file.display(),
+        summary.name.as_deref().unwrap_or("unnamed"),
+        cfg.num_parameters(),
+        types.join(", "),
+        template
+    ));
+    Ok(())
 }
 
 fn init(ctx: &StageContext, config: &Path, system: String) -> Result<(), StageError> {
@@ -70,7 +153,12 @@ fn init(ctx: &StageContext, config: &Path, system: String) -> Result<(), StageEr
     Ok(())
 }
 
-fn import(ctx: &StageContext, dir: &Path, system: String) -> Result<(), StageError> {
+fn import(
+    ctx: &StageContext,
+    dir: &Path,
+    system: String,
+    chat_template: Option<String>,
+) -> Result<(), StageError> {
     let f = fail(ctx);
     if !dir.is_dir() {
         return Err(f(&format!(
@@ -82,12 +170,6 @@ fn import(ctx: &StageContext, dir: &Path, system: String) -> Result<(), StageErr
     // before anything is copied; bf16 halves the memory of that check.
     let (cfg, _model) = rise_model::load(dir, Device::Cpu, Kind::BFloat16)
         .map_err(|e| f(&format!("params.hf_dir {}: {e}", dir.display())))?;
-    let tokenizer = Tokenizer::from_dir(dir).map_err(|e| f(&format!("params.hf_dir: {e}")))?;
-    let template = if tokenizer.chat_template_source().is_some() {
-        "chat"
-    } else {
-        "plain"
-    };
     let mut copied = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| f(&format!("{}: {e}", dir.display())))?;
     let mut names: Vec<String> = entries
@@ -110,6 +192,7 @@ fn import(ctx: &StageContext, dir: &Path, system: String) -> Result<(), StageErr
             copied.push(name);
         }
     }
+    let template = settle_template(ctx, dir, "params.hf_dir", chat_template.as_deref())?;
     ModelFormat {
         system,
         template: template.into(),
