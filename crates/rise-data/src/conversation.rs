@@ -8,9 +8,13 @@
 //! assistant: <attempt 2>
 //! ...
 //! ```
-//! With a context window of k, only the most recent k−1 attempts (each with the user message
-//! that preceded it) stay between the system message and the current user message. The
-//! feedback restates the question, so the context is complete whatever is dropped.
+//! With a context window of k, a state keeps the system message, the ORIGINAL turn-1 user
+//! message (the question), then the most recent k−1 attempts, each followed by its feedback,
+//! exactly as the release builds it (`construct_policy_dialogue`, RISE.md §2). With k = 2 every
+//! turn t ≥ 2 is `[system, question, y_{t−1}, feedback]`: the very state turn-2 training
+//! examples have, so later test turns never meet a prefix that training did not show.
+//! [`build_messages`] is the one function that builds states: `sample`, `relabel`, `train`
+//! (which checks every stored example against it) and `evaluate` all go through it.
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -74,10 +78,11 @@ pub fn feedback_message(question: &str) -> String {
 /// The conversation state before the next attempt, given the previous `attempts` (all graded
 /// wrong, since an episode ends at the first correct answer).
 ///
-/// `window` is RISE's context window k: keep the system message, the most recent `k − 1`
-/// attempts with the user message before each, then the current user message. `window = 0`
-/// keeps every attempt. An empty `system` omits the system message. The result always ends
-/// with a user message.
+/// `window` is RISE's context window k: the system message, the original question (the turn-1
+/// user message, whatever is dropped), then the most recent `k − 1` attempts, each followed by
+/// the feedback. `window = 0` keeps every attempt; `window = 1` keeps none, so every turn is
+/// asked like turn 1. An empty `system` omits the system message. The result always ends with
+/// a user message.
 pub fn build_messages(
     question: &str,
     attempts: &[String],
@@ -89,23 +94,18 @@ pub fn build_messages(
     } else {
         attempts.len().min(window - 1)
     };
-    let first_kept = attempts.len() - keep;
     let mut messages = Vec::with_capacity(2 + 2 * keep);
     if !system.is_empty() {
         messages.push(Message::new(Role::System, system));
     }
-    let user_before = |turn: usize| {
-        if turn == 0 {
-            question.to_string()
-        } else {
-            feedback_message(question)
-        }
-    };
-    for (turn, attempt) in attempts.iter().enumerate().skip(first_kept) {
-        messages.push(Message::new(Role::User, user_before(turn)));
+    // The release keeps the turn-1 message in front, not the feedback that preceded the
+    // oldest kept attempt: a turn-3 state opening with "The answer is incorrect" is a prefix
+    // that no turn-2 training example has.
+    messages.push(Message::new(Role::User, question));
+    for attempt in &attempts[attempts.len() - keep..] {
         messages.push(Message::new(Role::Assistant, attempt.clone()));
+        messages.push(Message::new(Role::User, feedback_message(question)));
     }
-    messages.push(Message::new(Role::User, user_before(attempts.len())));
     messages
 }
 
@@ -407,14 +407,14 @@ mod tests {
     }
 
     #[test]
-    fn window_keeps_the_last_k_minus_one_attempts() {
+    fn window_keeps_the_question_then_the_last_k_minus_one_attempts() {
         let m = build_messages("Q?", &attempts(3), 2, "sys");
         let fb = "The answer is incorrect. Please try again. Here's the question: Q?";
         assert_eq!(
             m,
             vec![
                 Message::new(Role::System, "sys"),
-                Message::new(Role::User, fb),
+                Message::new(Role::User, "Q?"),
                 Message::new(Role::Assistant, "try 3"),
                 Message::new(Role::User, fb),
             ]
@@ -423,8 +423,62 @@ mod tests {
         assert_eq!(all.len(), 7);
         assert_eq!(all[0], Message::new(Role::User, "Q?"));
         assert_eq!(all[1], Message::new(Role::Assistant, "try 1"));
-        assert_eq!(build_messages("Q?", &attempts(3), 1, "").len(), 1);
+        assert_eq!(all[6], Message::new(Role::User, fb));
+        assert_eq!(
+            build_messages("Q?", &attempts(3), 1, ""),
+            vec![Message::new(Role::User, "Q?")],
+            "window 1 asks every turn like turn 1"
+        );
         assert_eq!(build_messages("Q?", &attempts(3), 3, "s").len(), 6);
+    }
+
+    /// The exact prompt text (plain template, generation prompt added) at turn `turn` with
+    /// window `k`, after attempts "try 1" .. "try {turn-1}".
+    fn rendered_state(turn: usize, k: usize) -> String {
+        let m = build_messages("Q?", &attempts(turn - 1), k, "S");
+        PlainTemplate::default().render(&m, true).expect("renders")
+    }
+
+    #[test]
+    fn window_2_renders_every_later_turn_like_turn_2() {
+        let fb = "The answer is incorrect. Please try again. Here's the question: Q?";
+        let head = "<|system|>S<|end|><|user|>Q?<|end|>";
+        assert_eq!(
+            rendered_state(2, 2),
+            format!("{head}<|assistant|>try 1<|end|><|user|>{fb}<|end|><|assistant|>")
+        );
+        assert_eq!(
+            rendered_state(3, 2),
+            format!("{head}<|assistant|>try 2<|end|><|user|>{fb}<|end|><|assistant|>")
+        );
+        assert_eq!(
+            rendered_state(5, 2),
+            format!("{head}<|assistant|>try 4<|end|><|user|>{fb}<|end|><|assistant|>")
+        );
+    }
+
+    #[test]
+    fn window_3_keeps_the_question_and_the_last_two_attempts() {
+        let fb = "The answer is incorrect. Please try again. Here's the question: Q?";
+        let head = "<|system|>S<|end|><|user|>Q?<|end|>";
+        assert_eq!(
+            rendered_state(2, 3),
+            format!("{head}<|assistant|>try 1<|end|><|user|>{fb}<|end|><|assistant|>")
+        );
+        assert_eq!(
+            rendered_state(3, 3),
+            format!(
+                "{head}<|assistant|>try 1<|end|><|user|>{fb}<|end|>\
+                 <|assistant|>try 2<|end|><|user|>{fb}<|end|><|assistant|>"
+            )
+        );
+        assert_eq!(
+            rendered_state(5, 3),
+            format!(
+                "{head}<|assistant|>try 3<|end|><|user|>{fb}<|end|>\
+                 <|assistant|>try 4<|end|><|user|>{fb}<|end|><|assistant|>"
+            )
+        );
     }
 
     #[test]
