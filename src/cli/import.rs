@@ -62,8 +62,8 @@ pub struct GgufArgs {
 pub fn run(cmd: Command, _global: &Global) -> Result<ExitCode> {
     let Command::Import(Format::Gguf(args)) = cmd;
     let summary = if args.check {
-        rise_gguf::inspect(&args.file)
-            .with_context(|| format!("cannot import {}", args.file.display()))?
+        // The library's errors name the file and what in it is wrong.
+        rise_gguf::inspect(&args.file)?
     } else {
         let to = args.to.clone().context("--to DIR is required")?;
         let options = ImportOptions {
@@ -74,8 +74,7 @@ pub fn run(cmd: Command, _global: &Global) -> Result<ExitCode> {
             },
             replace: args.force,
         };
-        rise_gguf::import(&args.file, &to, &options)
-            .with_context(|| format!("cannot import {}", args.file.display()))?
+        rise_gguf::import(&args.file, &to, &options)?
     };
     if args.json {
         println!("{}", summary_json(&summary, &args));

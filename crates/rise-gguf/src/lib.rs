@@ -119,9 +119,21 @@ fn ggml_type_name(id: u32) -> &'static str {
 const SUPPORTED_TYPES: &str =
     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
 
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is
+/// set: users need what is wrong with their file, not our stack.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Turns a candle parse error into one that says what is wrong with the file.
 fn header_error(path: &Path, e: candle_core::Error) -> GgufError {
-    let message = e.to_string();
+    let message = candle_message(&e);
     if let Some(id) = message
         .strip_prefix("unknown dtype for tensor ")
         .and_then(|rest| rest.trim().parse::<u32>().ok())
@@ -134,8 +146,10 @@ fn header_error(path: &Path, e: candle_core::Error) -> GgufError {
             supported: SUPPORTED_TYPES.into(),
         };
     }
-    let eof = matches!(&e, candle_core::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
-        || message.contains("exceeds remaining file bytes")
+    // candle checks every length against the bytes left ("... only N remaining") and reports
+    // a short read as an I/O error.
+    let eof = message.contains("remaining")
+        || message.contains("unexpected end of file")
         || message.contains("failed to fill whole buffer");
     if eof {
         GgufError::Truncated {

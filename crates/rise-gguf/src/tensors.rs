@@ -298,7 +298,7 @@ impl View for LazyTensor<'_> {
                     *slot = Some(GgufError::Tensor {
                         path: self.path.to_path_buf(),
                         name: self.planned.gguf_name.clone(),
-                        message: format!("cannot dequantize: {e}"),
+                        message: format!("cannot dequantize: {}", crate::candle_message(&e)),
                     });
                 }
                 return Cow::Owned(vec![0u8; len]);
