@@ -346,9 +346,8 @@ fn print_verify(store: &Store, r: &VerifyReport, secs: f64, repairing: bool) {
 
 /// `30d` -> 30 days: humantime's units (s, min, h, d, w, …), as a clap value parser.
 fn parse_age(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|e| {
-        format!("{e}; write a duration such as `30d`, `12h` or `90min`")
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration such as `30d`, `12h` or `90min`"))
 }
 
 fn gc(store: &Store, args: GcArgs) -> Result<ExitCode> {
