@@ -58,6 +58,9 @@ enum Command {
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
+    if !matches!(&cli.command, Command::Pipeline(cmd) if cmd.runs_stages()) {
+        die_quietly_on_broken_pipe();
+    }
     let result = match cli.command {
         Command::Doctor(args) => doctor::run(args, &cli.global),
         Command::Pipeline(cmd) => pipeline::run(cmd, &cli.global),
@@ -69,7 +72,9 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", render_error(&err));
+            // Not `eprintln!`, which panics when stderr is closed.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {}", render_error(&err));
             ExitCode::from(2)
         }
     }
@@ -93,15 +98,64 @@ fn render_error(err: &anyhow::Error) -> String {
 }
 
 /// Logs go to stderr, filtered by `RISE_LOG` (e.g. `RISE_LOG=debug`); warnings by default.
+/// Colours only on a terminal: in a log file or a CI capture, escape codes are noise.
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RISE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
+
+/// Lets a closed stdout (`rise status p.toml | head`) end the process as it ends `cat` or
+/// `ls`: by SIGPIPE, silently. Rust ignores SIGPIPE, so without this every `println!` after the
+/// reader left would panic. Not for the commands that run stages (see
+/// `pipeline::Command::runs_stages`): a signal would kill the engine without stopping its
+/// stage processes; they write through [`out`] instead.
+fn die_quietly_on_broken_pipe() {
+    // SAFETY: restoring a signal's default disposition has no preconditions; it happens
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Set once stdout's reader has gone: nothing more can be shown.
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes to stdout. A reader that went away (`rise run p.toml --json | head -1`) makes this
+/// and every later write a no-op: nothing more can be shown, and it is no reason to fail a
+/// run. Any other write error (a full disk under `> file`) is returned.
+pub(crate) fn out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// `println!` through [`out`]: `outln!("{x}")?`.
+macro_rules! outln {
+    () => {
+        $crate::cli::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
 
 #[cfg(test)]
 mod tests {

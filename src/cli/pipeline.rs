@@ -14,10 +14,10 @@ use rise_engine::progress::DisplayMode;
 use rise_engine::resolve::{resolve_with_cache, Resolved};
 use rise_engine::{key::KEY_SCHEME_VERSION, pipeline::Pipeline, Registry};
 use rise_stages::format::HF_MODEL_FILES;
-use rise_store::{ArtifactId, ResultId, ResultManifest, Store};
+use rise_store::{ArtifactId, IndexSnapshot, ResultId, ResultManifest, Store};
 use serde_json::json;
 
-use super::Global;
+use super::{outln, Global};
 
 /// The stage kinds the `rise` binary knows: the built-in `shell` and every RISE kind.
 fn registry() -> Registry {
@@ -215,6 +215,18 @@ pub struct AuditArgs {
     json: bool,
 }
 
+impl Command {
+    /// Whether this command may execute stages (`run`, `audit --rerun`): it must then outlive
+    /// a closed stdout, to stop its stage processes and finish its commits.
+    pub fn runs_stages(&self) -> bool {
+        match self {
+            Command::Run(_) => true,
+            Command::Audit(args) => args.rerun.is_some(),
+            _ => false,
+        }
+    }
+}
+
 pub fn run(cmd: Command, global: &Global) -> Result<ExitCode> {
     match cmd {
         Command::Run(args) => cmd_run(args, global),
@@ -263,12 +275,20 @@ fn open_store(global: &Global) -> Result<Store> {
 }
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?)?;
     Ok(())
 }
 
+/// `eprintln!` that does not panic when stderr is closed (there is nowhere else to report).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Left-aligned columns.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -277,7 +297,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
             }
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: Vec<&str>| -> Result<()> {
         let mut out = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
@@ -286,12 +306,14 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end())?;
+        Ok(())
     };
-    line(header.to_vec());
+    line(header.to_vec())?;
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 fn cmd_run(args: RunArgs, global: &Global) -> Result<ExitCode> {
@@ -340,7 +362,7 @@ fn print_summary(summary: &RunSummary) {
         .iter()
         .map(|(k, v)| format!("{v} {k}"))
         .collect();
-    eprintln!(
+    errln!(
         "run {} of {}: {}",
         summary.run_id,
         summary.pipeline,
@@ -348,7 +370,7 @@ fn print_summary(summary: &RunSummary) {
     );
     for s in summary.failed() {
         if let StageState::Failed { error, log } = &s.state {
-            eprintln!("FAILED {}: {error}\n       log: {}", s.stage, log.display());
+            errln!("FAILED {}: {error}\n       log: {}", s.stage, log.display());
         }
     }
     let skipped: Vec<&str> = summary
@@ -358,12 +380,12 @@ fn print_summary(summary: &RunSummary) {
         .map(|s| s.stage.as_str())
         .collect();
     if !skipped.is_empty() {
-        eprintln!("skipped (an input failed): {}", skipped.join(", "));
+        errln!("skipped (an input failed): {}", skipped.join(", "));
     }
     if summary.cancelled {
-        eprintln!("interrupted: finished stages are committed; run again to continue");
+        errln!("interrupted: finished stages are committed; run again to continue");
     }
-    eprintln!("run log: {}", summary.log.display());
+    errln!("run log: {}", summary.log.display());
 }
 
 fn cmd_plan(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
@@ -400,9 +422,9 @@ fn cmd_plan(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
             }
         })
         .collect();
-    table(&["STAGE", "KIND", "ACTION", "KEY", "WHY"], &rows);
+    table(&["STAGE", "KIND", "ACTION", "KEY", "WHY"], &rows)?;
     let runs = entries.iter().filter(|e| e.runs()).count();
-    println!("\n{runs} of {} stages would run", entries.len());
+    outln!("\n{runs} of {} stages would run", entries.len())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -503,30 +525,30 @@ fn cmd_explain(p: PipelineArgs, stage_name: &str, global: &Global) -> Result<Exi
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "stage {} ({} v{}), defined at {}:{}",
         stage.name,
         stage.kind,
         stage.kind_version,
         resolved.pipeline.path.display(),
         stage.line
-    );
-    println!(
+    )?;
+    outln!(
         "key now:      {}",
         entry
             .key
             .map_or("(known once its inputs are built)".to_string(), |k| k
                 .to_string())
-    );
+    )?;
     match &last {
-        Some((id, m)) => println!(
+        Some((id, m)) => outln!(
             "last result:  {id} (key {}, {})",
             m.key.short(12),
             m.finished_at
-        ),
-        None => println!("last result:  none"),
+        )?,
+        None => outln!("last result:  none")?,
     }
-    println!();
+    outln!()?;
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|(f, now, then)| {
@@ -538,8 +560,8 @@ fn cmd_explain(p: PipelineArgs, stage_name: &str, global: &Global) -> Result<Exi
             vec![mark.to_string(), f.clone(), now.clone(), then.clone()]
         })
         .collect();
-    table(&["", "FIELD", "NOW", "LAST RESULT"], &table_rows);
-    println!(
+    table(&["", "FIELD", "NOW", "LAST RESULT"], &table_rows)?;
+    outln!(
         "\n{}: {}",
         if entry.runs() {
             "will run"
@@ -547,7 +569,7 @@ fn cmd_explain(p: PipelineArgs, stage_name: &str, global: &Global) -> Result<Exi
             "up to date"
         },
         why.join("; ")
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -589,9 +611,9 @@ fn cmd_status(p: PipelineArgs, global: &Global) -> Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    table(&["STAGE", "STATE", "LAST FINISHED", "OUTPUT"], &rows);
+    table(&["STAGE", "STATE", "LAST FINISHED", "OUTPUT"], &rows)?;
     for h in &running {
-        println!("run in progress: pid {} ({})", h.pid, h.command);
+        outln!("run in progress: pid {} ({})", h.pid, h.command)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -600,24 +622,26 @@ fn cmd_dag(p: PipelineArgs, dot: bool) -> Result<ExitCode> {
     let registry = registry();
     let resolved = load(&p.pipeline, &registry, None)?;
     if dot {
-        println!(
+        outln!(
             "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];",
             resolved.pipeline.name.replace('"', "\\\"")
-        );
+        )?;
         for &i in &resolved.order {
             let s = &resolved.stages[i];
-            println!("  \"{}\" [label=\"{}\\n({})\"];", s.name, s.name, s.kind);
+            outln!("  \"{}\" [label=\"{}\\n({})\"];", s.name, s.name, s.kind)?;
         }
         for &i in &resolved.order {
             let s = &resolved.stages[i];
             for (input, &pi) in &s.inputs {
-                println!(
+                outln!(
                     "  \"{}\" -> \"{}\" [label=\"{}\"];",
-                    resolved.stages[pi].name, s.name, input
-                );
+                    resolved.stages[pi].name,
+                    s.name,
+                    input
+                )?;
             }
         }
-        println!("}}");
+        outln!("}}")?;
     } else if p.json {
         let stages: Vec<_> = resolved
             .order
@@ -655,77 +679,159 @@ fn cmd_dag(p: PipelineArgs, dot: bool) -> Result<ExitCode> {
                 ]
             })
             .collect();
-        table(&["STAGE", "KIND", "INPUTS"], &rows);
+        table(&["STAGE", "KIND", "INPUTS"], &rows)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// What to do about a damaged result, said wherever one is met.
+const DAMAGED_HINT: &str = "run `rise store verify` to list what is damaged, then `rise store \
+reindex` to drop damaged results from the index (`rise run` recomputes them)";
+
+/// Every indexed result, read once: the readable ones, and those whose manifest is missing,
+/// fails its hash or does not parse. One damaged result affects only the commands that need
+/// it, never `show` or `lineage` of the others.
+struct Results {
+    /// Readable results by id.
+    ok: BTreeMap<ResultId, ResultManifest>,
+    /// Damaged results and what is wrong with each.
+    damaged: BTreeMap<ResultId, String>,
+    /// The index (current: it rolls forward every committed marker first).
+    index: IndexSnapshot,
+}
+
+impl Results {
+    fn read(store: &Store) -> Result<Results> {
+        let index = store.current_index()?;
+        let mut ok = BTreeMap::new();
+        let mut damaged = BTreeMap::new();
+        for id in &index.results {
+            match store.read_result(id) {
+                Ok(m) => {
+                    ok.insert(*id, m);
+                }
+                Err(e) if e.is_corruption() => {
+                    damaged.insert(*id, e.to_string());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Results { ok, damaged, index })
+    }
+
+    /// Result `id`, or an error saying it is damaged and what to do.
+    fn get(&self, id: &ResultId, what: &str) -> Result<(ResultId, ResultManifest)> {
+        if let Some(m) = self.ok.get(id) {
+            return Ok((*id, m.clone()));
+        }
+        match self.damaged.get(id) {
+            Some(problem) => {
+                bail!("{what} is result {id}, which is damaged ({problem}); {DAMAGED_HINT}")
+            }
+            None => bail!("{what}: result {id} is not in the store"),
+        }
+    }
+
+    /// `artifact`'s current producer: `Ok(None)` when none is indexed (imported or pinned),
+    /// `Err(id, problem)` when it is damaged.
+    fn producer(
+        &self,
+        artifact: &ArtifactId,
+    ) -> std::result::Result<Option<(ResultId, &ResultManifest)>, (ResultId, &str)> {
+        let Some(id) = self.index.producers.get(artifact) else {
+            return Ok(None);
+        };
+        match (self.ok.get(id), self.damaged.get(id)) {
+            (Some(m), _) => Ok(Some((*id, m))),
+            (None, Some(problem)) => Err((*id, problem.as_str())),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `; N damaged results could not be read (...)`, or nothing.
+    fn damaged_note(&self) -> String {
+        if self.damaged.is_empty() {
+            return String::new();
+        }
+        let ids: Vec<String> = self.damaged.keys().map(|id| id.short(12)).collect();
+        format!(
+            "; {} damaged result(s) could not be read ({}): {DAMAGED_HINT}",
+            ids.len(),
+            ids.join(", ")
+        )
+    }
+}
+
 /// Find a result by id, artifact id, hex prefix, or stage name.
 fn find_result(
-    store: &Store,
+    results: &Results,
     what: &str,
     pipeline: Option<&str>,
 ) -> Result<(ResultId, ResultManifest)> {
-    let results = store.results()?;
     let is_hex = what.len() >= 6 && what.chars().all(|c| c.is_ascii_hexdigit());
     if is_hex {
         let lower = what.to_ascii_lowercase();
-        let mut hits: Vec<&(ResultId, ResultManifest)> = results
+        let ids: Vec<&ResultId> = results
+            .index
+            .results
             .iter()
-            .filter(|(id, _)| id.to_hex().starts_with(&lower))
+            .filter(|id| id.to_hex().starts_with(&lower))
             .collect();
-        if hits.is_empty() {
-            // An artifact id: its latest producer.
-            hits = results
-                .iter()
-                .filter(|(_, m)| m.output.to_hex().starts_with(&lower))
-                .collect();
-            hits.sort_by(|a, b| a.1.finished_at.cmp(&b.1.finished_at));
-            if let Some(last) = hits.last() {
-                let distinct: BTreeSet<_> = hits.iter().map(|(_, m)| m.output).collect();
-                if distinct.len() > 1 {
-                    bail!(
-                        "`{what}` is ambiguous: it prefixes {} artifacts",
-                        distinct.len()
-                    );
-                }
-                return Ok((*last).clone());
-            }
+        match ids.as_slice() {
+            [] => {}
+            [id] => return results.get(id, &format!("`{what}`")),
+            many => bail!(
+                "`{what}` is ambiguous: it prefixes {} result ids",
+                many.len()
+            ),
         }
-        match hits.len() {
-            0 => {}
-            1 => return Ok(hits[0].clone()),
-            n => bail!("`{what}` is ambiguous: it prefixes {n} result ids"),
+        // An artifact id: its current producer.
+        let artifacts: Vec<(&ArtifactId, &ResultId)> = results
+            .index
+            .producers
+            .iter()
+            .filter(|(a, _)| a.to_hex().starts_with(&lower))
+            .collect();
+        match artifacts.as_slice() {
+            [] => {}
+            [(a, id)] => return results.get(id, &format!("the producer of artifact {a}")),
+            many => bail!(
+                "`{what}` is ambiguous: it prefixes {} artifacts",
+                many.len()
+            ),
         }
     }
-    let mut by_stage: Vec<&(ResultId, ResultManifest)> = results
+    // A stage name: its latest result in the index.
+    let latest: Vec<(&(String, String), &ResultId)> = results
+        .index
+        .latest
         .iter()
-        .filter(|(_, m)| m.stage == what && pipeline.is_none_or(|p| m.pipeline == p))
+        .filter(|((p, st), _)| st == what && pipeline.is_none_or(|want| p == want))
         .collect();
-    let pipelines: BTreeSet<&str> = by_stage.iter().map(|(_, m)| m.pipeline.as_str()).collect();
-    if pipelines.len() > 1 {
-        bail!(
+    match latest.as_slice() {
+        [((p, st), id)] => results.get(
+            id,
+            &format!("the latest result of stage {st} (pipeline {p})"),
+        ),
+        [] => bail!(
+            "no result matches `{what}` (give a result id, an artifact id, a hex prefix of 6+ \
+             digits, or a stage name that has run){}",
+            results.damaged_note()
+        ),
+        many => bail!(
             "stage `{what}` exists in several pipelines ({}); pick one with --pipeline NAME",
-            pipelines.into_iter().collect::<Vec<_>>().join(", ")
-        );
-    }
-    by_stage.sort_by(|a, b| a.1.finished_at.cmp(&b.1.finished_at));
-    match by_stage.last() {
-        Some(r) => {
-            // The index's notion of latest wins when it exists.
-            let (_, m) = r;
-            if let Some(latest) = store.latest(&m.pipeline, &m.stage)? {
-                return Ok(latest);
-            }
-            Ok((*r).clone())
-        }
-        None => bail!("no result matches `{what}` (give a result id, an artifact id, a hex prefix of 6+ digits, or a stage name that has run)"),
+            many.iter()
+                .map(|((p, _), _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
 fn cmd_export(what: &str, to: &Path, pipeline: Option<&str>, global: &Global) -> Result<ExitCode> {
     let store = open_store(global)?;
-    let (id, m) = find_result(&store, what, pipeline)?;
+    let results = Results::read(&store)?;
+    let (id, m) = find_result(&results, what, pipeline)?;
     let tree = store.read_tree(&m.output)?;
     let has = |name: &str| tree.entries.iter().any(|e| e.path == name);
     let missing: Vec<&str> = ["config.json", "model.safetensors", "tokenizer.json"]
@@ -790,13 +896,13 @@ fn cmd_export(what: &str, to: &Path, pipeline: Option<&str>, global: &Global) ->
     let staged = staging.keep();
     std::fs::rename(&staged, to)
         .with_context(|| format!("cannot move the export into {}", to.display()))?;
-    println!(
+    outln!(
         "exported {} ({}, result {}) to {}",
         m.stage,
         m.kind,
         &id.to_hex()[..12],
         to.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -807,7 +913,8 @@ fn cmd_show(
     global: &Global,
 ) -> Result<ExitCode> {
     let store = open_store(global)?;
-    let (id, m) = find_result(&store, what, pipeline)?;
+    let results = Results::read(&store)?;
+    let (id, m) = find_result(&results, what, pipeline)?;
     let tree = store.read_tree(&m.output)?;
     let path = std::path::absolute(store.artifact_path(&m.output)?)?;
     if json_out {
@@ -817,40 +924,48 @@ fn cmd_show(
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("result   {id}");
-    println!(
+    outln!("result   {id}")?;
+    outln!(
         "stage    {} (pipeline {}, kind {} v{})",
-        m.stage, m.pipeline, m.kind, m.kind_version
-    );
-    println!("key      {}", m.key);
-    println!(
+        m.stage,
+        m.pipeline,
+        m.kind,
+        m.kind_version
+    )?;
+    outln!("key      {}", m.key)?;
+    outln!(
         "run      {} on {} ({}), {} .. {}",
-        m.run_id, m.host, m.device, m.started_at, m.finished_at
-    );
-    println!("params");
+        m.run_id,
+        m.host,
+        m.device,
+        m.started_at,
+        m.finished_at
+    )?;
+    outln!("params")?;
     for (k, v) in plan::flatten(&m.params) {
-        println!("  {k} = {v}");
+        outln!("  {k} = {v}")?;
     }
-    println!("inputs");
+    outln!("inputs")?;
     for (name, a) in &m.inputs {
-        let producer = store.producer(a).ok().flatten().map_or(
-            "(no producer: imported or pinned)".to_string(),
-            |(_, pm)| format!("from {}", pm.stage),
-        );
-        println!("  {name} = {a} {producer}");
+        let producer = match results.producer(a) {
+            Ok(Some((_, pm))) => format!("from {}", pm.stage),
+            Ok(None) => "(no producer: imported or pinned)".to_string(),
+            Err((pid, _)) => format!("(its producer, result {}, is damaged)", pid.short(12)),
+        };
+        outln!("  {name} = {a} {producer}")?;
     }
     if m.inputs.is_empty() {
-        println!("  (none)");
+        outln!("  (none)")?;
     }
-    println!("output   {}", m.output);
+    outln!("output   {}", m.output)?;
     for e in &tree.entries {
-        println!("  {:<40} {:>10}  {}", e.path, e.size, e.blob.short(16));
+        outln!("  {:<40} {:>10}  {}", e.path, e.size, e.blob.short(16))?;
     }
-    println!("metrics");
+    outln!("metrics")?;
     for (k, v) in plan::flatten(&m.metrics) {
-        println!("  {k} = {v}");
+        outln!("  {k} = {v}")?;
     }
-    println!("path     {}", path.display());
+    outln!("path     {}", path.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -861,12 +976,13 @@ fn cmd_lineage(
     global: &Global,
 ) -> Result<ExitCode> {
     let store = open_store(global)?;
-    let (id, m) = find_result(&store, what, pipeline)?;
+    let results = Results::read(&store)?;
+    let (id, m) = find_result(&results, what, pipeline)?;
     let pins: BTreeMap<ArtifactId, String> =
         store.pins()?.into_iter().map(|(n, a)| (a, n)).collect();
     /// The walk's state: what has been printed, so shared ancestors are listed once.
     struct Lineage<'a> {
-        store: &'a Store,
+        results: &'a Results,
         pins: BTreeMap<ArtifactId, String>,
         seen: BTreeSet<ResultId>,
         lines: Vec<String>,
@@ -895,9 +1011,18 @@ fn cmd_lineage(
                 return Ok(());
             }
             for (name, a) in &m.inputs {
-                match self.store.producer(a)? {
-                    Some((pid, pm)) => self.walk(pid, &pm, depth + 1, &format!("{name}: "))?,
-                    None => {
+                match self.results.producer(a) {
+                    Ok(Some((pid, pm))) => self.walk(pid, pm, depth + 1, &format!("{name}: "))?,
+                    // A damaged producer hides only its own branch of the lineage.
+                    Err((pid, problem)) => {
+                        self.lines.push(format!(
+                            "{indent}  {name}: artifact {} (its producing result {} is damaged: {problem}; {DAMAGED_HINT})",
+                            a.short(12),
+                            pid.short(12)
+                        ));
+                        self.nodes.push(json!({"depth": depth + 1, "via": name, "artifact": a, "damaged_result": pid, "problem": problem}));
+                    }
+                    Ok(None) => {
                         let root = self
                             .pins
                             .get(a)
@@ -919,7 +1044,7 @@ fn cmd_lineage(
         }
     }
     let mut lineage = Lineage {
-        store: &store,
+        results: &results,
         pins,
         seen: BTreeSet::new(),
         lines: Vec::new(),
@@ -931,7 +1056,7 @@ fn cmd_lineage(
         print_json(&json!({ "result": id, "lineage": nodes }))?;
     } else {
         for l in lines {
-            println!("{l}");
+            outln!("{l}")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -955,7 +1080,7 @@ fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
         let v = store.verify()?;
         ok &= v.is_clean();
         if !args.json {
-            println!(
+            outln!(
                 "blobs: {} checked ({} bytes), {} results, {} artifacts: {}",
                 v.blobs_checked,
                 v.bytes_checked,
@@ -966,22 +1091,24 @@ fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
                 } else {
                     "PROBLEMS (details: rise store verify)".to_string()
                 }
-            );
+            )?;
             for b in &v.bad_blobs {
-                println!("  bad blob: {}", serde_json::to_string(b)?);
+                outln!("  bad blob: {}", serde_json::to_string(b)?)?;
             }
             for r in &v.bad_results {
-                println!("  bad result: {}", serde_json::to_string(r)?);
+                outln!("  bad result: {}", serde_json::to_string(r)?)?;
             }
         }
         report.insert("verify".into(), serde_json::to_value(&v)?);
     }
     // Lineage closure.
-    let results = store.results()?;
-    let produced: BTreeSet<ArtifactId> = results.iter().map(|(_, m)| m.output).collect();
+    let results = Results::read(&store)?;
+    // Damaged results count as producers of what the index says they made: they are reported
+    // as damaged, not as holes in everyone else's lineage.
+    let produced: BTreeSet<ArtifactId> = results.index.producers.keys().copied().collect();
     let pinned: BTreeSet<ArtifactId> = store.pins()?.into_iter().map(|(_, a)| a).collect();
     let mut orphans = Vec::new();
-    for (id, m) in &results {
+    for (id, m) in &results.ok {
         for (name, a) in &m.inputs {
             if !produced.contains(a) && !pinned.contains(a) {
                 orphans.push(json!({"result": id, "stage": m.stage, "input": name, "artifact": a}));
@@ -990,27 +1117,55 @@ fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
     }
     ok &= orphans.is_empty();
     if !args.json {
-        println!(
+        outln!(
             "lineage: {} results, {}",
-            results.len(),
+            results.ok.len(),
             if orphans.is_empty() {
                 "closed (every input has a producer or a pin)".to_string()
             } else {
                 format!("{} inputs without producer or pin", orphans.len())
             }
-        );
+        )?;
         for o in &orphans {
-            println!(
+            outln!(
                 "  {} input {} = {} has no producer",
-                o["stage"], o["input"], o["artifact"]
-            );
+                o["stage"],
+                o["input"],
+                o["artifact"]
+            )?;
+        }
+    }
+    if !results.damaged.is_empty() {
+        ok = false;
+        if !args.json {
+            outln!(
+                "damaged results: {} could not be read; {DAMAGED_HINT}",
+                results.damaged.len()
+            )?;
+            for (id, problem) in &results.damaged {
+                outln!("  {id}: {problem}")?;
+            }
         }
     }
     report.insert("lineage_orphans".into(), json!(orphans));
+    report.insert(
+        "damaged_results".into(),
+        json!(results
+            .damaged
+            .iter()
+            .map(|(id, problem)| json!({"result": id, "problem": problem}))
+            .collect::<Vec<_>>()),
+    );
     if let Some(lock) = lock {
         let mut diffs = Vec::new();
         for (stage, entry) in &lock.stage {
-            let now = store.lookup(&entry.key)?;
+            let now = match store.lookup(&entry.key) {
+                Err(e) if e.is_corruption() => {
+                    diffs.push(json!({"stage": stage, "problem": format!("its result is damaged ({e}); {DAMAGED_HINT}")}));
+                    continue;
+                }
+                other => other?,
+            };
             match now {
                 None => diffs.push(json!({"stage": stage, "problem": "no result for this key in the store"})),
                 Some((_, m)) if m.output != entry.output => diffs.push(json!({"stage": stage, "problem": "different output", "lock": entry.output, "store": m.output})),
@@ -1019,7 +1174,7 @@ fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
         }
         ok &= diffs.is_empty();
         if !args.json {
-            println!(
+            outln!(
                 "lock {}: {} stages, {}",
                 lock.pipeline.name,
                 lock.stage.len(),
@@ -1028,13 +1183,13 @@ fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
                 } else {
                     format!("{} differ", diffs.len())
                 }
-            );
+            )?;
             for d in &diffs {
-                println!(
+                outln!(
                     "  {}: {}",
                     d["stage"].as_str().unwrap_or("?"),
                     d["problem"].as_str().unwrap_or("?")
-                );
+                )?;
             }
         }
         report.insert("lock_differences".into(), json!(diffs));
@@ -1044,19 +1199,19 @@ fn cmd_audit(args: AuditArgs, global: &Global) -> Result<ExitCode> {
         ok &= outcome["reproducible"].as_bool().unwrap_or(false);
         if !args.json {
             if outcome["reproducible"].as_bool().unwrap_or(false) {
-                println!(
+                outln!(
                     "rerun {stage}: reproducible (output {})",
                     outcome["output"].as_str().unwrap_or("?")
-                );
+                )?;
             } else {
-                println!("rerun {stage}: NOT reproducible");
+                outln!("rerun {stage}: NOT reproducible")?;
                 if let Some(files) = outcome["differing_files"].as_array() {
                     for f in files {
-                        println!("  {}", f.as_str().unwrap_or("?"));
+                        outln!("  {}", f.as_str().unwrap_or("?"))?;
                     }
                 }
                 if let Some(e) = outcome["error"].as_str() {
-                    println!("  {e}");
+                    outln!("  {e}")?;
                 }
             }
         }
@@ -1202,7 +1357,7 @@ fn cmd_lock(p: PipelineArgs, output: Option<PathBuf>, global: &Global) -> Result
     match output {
         Some(path) => std::fs::write(&path, text)
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None if !p.json => print!("{text}"),
+        None if !p.json => super::out(format_args!("{text}"))?,
         None => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -246,10 +246,25 @@ fn to_json(v: &toml::Value, field: &str, src: &Source) -> Result<Value, Pipeline
     })
 }
 
-/// A valid stage or template name: letters, digits, `_`, `-`, `.`; not empty.
+/// The longest stage or template name, in bytes. A stage's name becomes the name of its log
+/// file (`NAME.log`) and of other per-stage files, and file names stop at 255 bytes
+/// (`NAME_MAX`); 200 leaves room for the suffixes.
+pub const MAX_STAGE_NAME_BYTES: usize = 200;
+
+/// A valid stage or template name: letters, digits, `_`, `-`, `.`; not empty; at most
+/// [`MAX_STAGE_NAME_BYTES`].
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("stage names must not be empty".into());
+    }
+    if name.len() > MAX_STAGE_NAME_BYTES {
+        let head: String = name.chars().take(40).collect();
+        return Err(format!(
+            "stage name `{head}…` is {} bytes long; at most {MAX_STAGE_NAME_BYTES} are allowed, \
+             because the name becomes the file name of the stage's log (file names stop at \
+             255 bytes)",
+            name.len()
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -690,6 +705,14 @@ fn parse_stage(
         Some(toml::Value::Table(m)) => {
             for (input, target) in m {
                 let field = format!("{origin}.inputs.{input}");
+                if input.is_empty() {
+                    errors.at(
+                        &field,
+                        "an input name must not be empty (it becomes $RISE_IN_<NAME> and a directory name)",
+                    );
+                    ok = false;
+                    continue;
+                }
                 match target {
                     toml::Value::String(s) if !s.is_empty() => {
                         inputs.insert(input.clone(), s.clone());
@@ -717,7 +740,16 @@ fn parse_stage(
     }
     let params = match t.get("params") {
         None => serde_json::Map::new(),
-        Some(v @ toml::Value::Table(_)) => {
+        Some(v @ toml::Value::Table(t)) => {
+            if t.contains_key("") {
+                // `params = { "" = 1 }`: TOML allows the quoted empty key, but a param needs a
+                // name to be found by (and a shell stage, an environment variable name).
+                errors.at(
+                    &format!("{origin}.params."),
+                    "a param name must not be empty",
+                );
+                ok = false;
+            }
             match to_json(v, &format!("{origin}.params"), errors.src) {
                 Ok(Value::Object(m)) => m,
                 Ok(_) => serde_json::Map::new(),

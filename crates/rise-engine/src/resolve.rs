@@ -256,21 +256,17 @@ pub fn resolve_with_cache(
                 ));
                 continue;
             };
-            let Some(found) = find_path(&pipeline, given, what) else {
-                errors.push(param_error(
-                    &pipeline,
-                    def,
-                    kind.fields(),
-                    &ParamError::new(
-                        path.clone(),
-                        format!(
-                            "missing {} `{given}` (looked in {} and in the current directory)",
-                            what.noun(),
-                            pipeline.dir().display()
-                        ),
-                    ),
-                ));
-                continue;
+            let found = match find_path(&pipeline, given, what) {
+                Ok(found) => found,
+                Err(message) => {
+                    errors.push(param_error(
+                        &pipeline,
+                        def,
+                        kind.fields(),
+                        &ParamError::new(path.clone(), message),
+                    ));
+                    continue;
+                }
             };
             let hash = match file_hashes.get(&found) {
                 Some(h) => *h,
@@ -516,20 +512,95 @@ impl PathKind {
 
 /// A relative path param is looked up next to the pipeline file first, then in the current
 /// directory (so `config = "configs/x.toml"` works from the repository root too).
-fn find_path(p: &Pipeline, given: &str, what: PathKind) -> Option<PathBuf> {
+///
+/// Only `stat` is used to decide: a FIFO or a device is never opened (reading a FIFO would
+/// block until someone writes to it). When no candidate is the right kind of file, the error
+/// says what was found instead (`is a directory`, `is a FIFO`, ...) or that nothing was.
+fn find_path(p: &Pipeline, given: &str, what: PathKind) -> Result<PathBuf, String> {
     let path = Path::new(given);
     let candidates = if path.is_absolute() {
         vec![path.to_path_buf()]
     } else {
         vec![p.dir().join(path), path.to_path_buf()]
     };
-    candidates
-        .into_iter()
-        .find(|c| match what {
-            PathKind::File => c.is_file(),
-            PathKind::Dir => c.is_dir(),
-        })
-        .map(|c| std::path::absolute(&c).unwrap_or(c))
+    let mut wrong_kind = None;
+    for candidate in &candidates {
+        // `metadata` follows symlinks, as opening would.
+        match std::fs::metadata(candidate) {
+            Ok(meta) => {
+                let right = match what {
+                    PathKind::File => meta.is_file(),
+                    PathKind::Dir => meta.is_dir(),
+                };
+                if right {
+                    return Ok(std::path::absolute(candidate).unwrap_or(candidate.clone()));
+                }
+                wrong_kind.get_or_insert_with(|| {
+                    format!(
+                        "`{}` {}, not a {}",
+                        candidate.display(),
+                        describe_file_type(&meta.file_type()),
+                        what.noun()
+                    )
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(candidate).is_ok() {
+                    wrong_kind.get_or_insert_with(|| {
+                        format!(
+                            "`{}` is a symbolic link to a missing target",
+                            candidate.display()
+                        )
+                    });
+                }
+            }
+            Err(e) => {
+                wrong_kind
+                    .get_or_insert_with(|| format!("cannot stat `{}`: {e}", candidate.display()));
+            }
+        }
+    }
+    Err(match wrong_kind {
+        Some(message) if matches!(what, PathKind::File) && message.contains("is a FIFO") => {
+            format!(
+            "{message} (its content would enter the cache key, and reading a FIFO blocks until \
+             something writes to it)"
+        )
+        }
+        Some(message) => message,
+        None => format!(
+            "missing {} `{given}` (looked in {} and in the current directory)",
+            what.noun(),
+            p.dir().display()
+        ),
+    })
+}
+
+/// `is a directory`, `is a FIFO (named pipe)`, ...: what a path is, for errors.
+fn describe_file_type(ft: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "is a FIFO (named pipe)";
+        }
+        if ft.is_char_device() {
+            return "is a character device";
+        }
+        if ft.is_block_device() {
+            return "is a block device";
+        }
+        if ft.is_socket() {
+            return "is a socket";
+        }
+    }
+    if ft.is_dir() {
+        "is a directory"
+    } else if ft.is_file() {
+        "is a regular file"
+    } else {
+        "is not a regular file or directory"
+    }
 }
 
 fn hash_file(path: &Path, cache: Option<&HashCache>) -> std::io::Result<[u8; 32]> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::child::{describe_status, run_child, LineSink};
+use crate::child::{run_child, LineSink};
 use crate::stage::{Execution, InputSpec, ParamError, Stage, StageContext, StageError};
 
 /// `kind = "shell"`: fields `cmd` (required) and `outputs` (relative paths that must exist).
@@ -70,6 +70,8 @@ impl Stage for ShellStage {
         match table.get("outputs") {
             None => {}
             Some(Value::Array(items)) => {
+                // `a/b` and `a//b/` name one file: compare paths by their components.
+                let mut seen: BTreeMap<Vec<&str>, usize> = BTreeMap::new();
                 for (i, item) in items.iter().enumerate() {
                     let field = format!("outputs[{i}]");
                     let Value::String(path) = item else {
@@ -78,7 +80,14 @@ impl Stage for ShellStage {
                             format!("expected a string, got {}", type_name(item)),
                         ));
                     };
-                    check_relative(path).map_err(|msg| ParamError::new(field, msg))?;
+                    check_relative(path).map_err(|msg| ParamError::new(field.clone(), msg))?;
+                    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+                    if let Some(first) = seen.insert(components, i) {
+                        return Err(ParamError::new(
+                            field,
+                            format!("`{path}` is listed twice (also outputs[{first}])"),
+                        ));
+                    }
                     outputs.push(Value::String(path.clone()));
                 }
             }
@@ -130,6 +139,7 @@ impl Stage for ShellStage {
             }
             params.insert(name.clone(), v.clone());
         }
+        check_exec_limits(&cmd, &params)?;
         Ok(serde_json::json!({ "cmd": cmd, "outputs": outputs, "deps": deps, "params": params }))
     }
 
@@ -147,20 +157,76 @@ impl Stage for ShellStage {
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let cmd = shell_command(ctx)?;
         let progress = ctx.progress.clone();
-        let log: LineSink = Arc::new(move |line: &str| {
+        let log: LineSink = Arc::new(move |line: &[u8]| {
             progress.emit(crate::protocol::Event::Log {
-                msg: line.to_string(),
+                msg: String::from_utf8_lossy(line).into_owned(),
             })
         });
-        let status = run_child(cmd, &log, &ctx.progress, &ctx.cancel)?;
-        if !status.success() {
-            return Err(StageError::msg(format!(
-                "command failed: {}",
-                describe_status(&status)
-            )));
+        let exit = run_child(cmd, &log, &ctx.progress, &ctx.cancel)?;
+        if !exit.success() {
+            return Err(StageError::msg(exit.failure("command")));
         }
         Ok(())
     }
+}
+
+/// The kernel's limit on one argument or environment string, terminating NUL included
+/// (Linux `MAX_ARG_STRLEN`, 32 pages of 4 KiB): `execve` fails with E2BIG beyond it.
+pub const MAX_ARG_STRLEN: usize = 131_072;
+
+/// The most bytes `cmd` and the params may take together in the command's arguments and
+/// environment. `execve` refuses (E2BIG) arguments plus environment over `ARG_MAX`, a quarter
+/// of the stack limit: 2 MiB with the usual 8 MiB stack. Half of that is left for the
+/// environment the stage inherits and the `RISE_*` variables the engine adds.
+pub const MAX_EXEC_BYTES: usize = 1 << 20;
+
+/// Refuses, when the pipeline is read, a `cmd` or param that the kernel would refuse to pass
+/// to `bash` when the stage runs (E2BIG, "Argument list too long"): then the failure names the
+/// param and its line instead of surfacing as a spawn error mid-run.
+fn check_exec_limits(cmd: &str, params: &Map<String, Value>) -> Result<(), ParamError> {
+    let e2big = "the kernel would refuse to start the command (execve fails with E2BIG, \
+                 \"Argument list too long\")";
+    let cmd_bytes = cmd.len() + 1;
+    if cmd_bytes > MAX_ARG_STRLEN {
+        return Err(ParamError::new(
+            "cmd",
+            format!(
+                "is {} bytes; one argument may have at most {MAX_ARG_STRLEN} bytes \
+                 (MAX_ARG_STRLEN), so {e2big}. Put the script in a file, list it in `deps`, \
+                 and run it from cmd",
+                cmd.len()
+            ),
+        ));
+    }
+    let mut total = cmd_bytes;
+    for (name, v) in params {
+        // `RISE_PARAM_NAME=value` and its NUL, as the kernel counts it.
+        let var = format!("RISE_PARAM_{}", env_suffix(name));
+        let bytes = var.len() + 1 + env_value(v).len() + 1;
+        if bytes > MAX_ARG_STRLEN {
+            return Err(ParamError::new(
+                format!("params.{name}"),
+                format!(
+                    "is {bytes} bytes as the environment variable {var}; one environment \
+                     string may have at most {MAX_ARG_STRLEN} bytes (MAX_ARG_STRLEN), so \
+                     {e2big}. Put the value in a file, list it in `deps`, and pass its path"
+                ),
+            ));
+        }
+        total += bytes;
+    }
+    if total > MAX_EXEC_BYTES {
+        return Err(ParamError::new(
+            "params",
+            format!(
+                "cmd and params take {total} bytes of arguments and environment together; \
+                 rise allows {MAX_EXEC_BYTES}, because beyond the kernel's total (ARG_MAX, \
+                 usually 2 MiB including the inherited environment) {e2big}. Put large values \
+                 in files listed in `deps`"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -284,11 +350,62 @@ mod tests {
             (json!({"cmd": "x", "outputs": ["../a"]}), "outputs[0]"),
             (json!({"cmd": "x", "outputs": ["/a"]}), "outputs[0]"),
             (json!({"cmd": "x", "a-b": 1, "a_b": 2}), "params.a_b"),
+            (
+                json!({"cmd": "x", "outputs": ["a", "b", "a"]}),
+                "outputs[2]",
+            ),
+            (
+                json!({"cmd": "x", "outputs": ["d/a", "d//a/"]}),
+                "outputs[1]",
+            ),
         ];
         for (value, field) in cases {
             let err = ShellStage.resolve_params(&value).unwrap_err();
             assert_eq!(err.field, field, "{value}: {err}");
         }
+    }
+
+    #[test]
+    fn values_the_kernel_cannot_pass_are_refused_naming_the_param_and_size() {
+        // Just under the limit: `RISE_PARAM_BIG=` (15 bytes) + value + NUL = 131072.
+        let fits = "x".repeat(MAX_ARG_STRLEN - 16);
+        assert!(ShellStage
+            .resolve_params(&json!({"cmd": "x", "big": fits}))
+            .is_ok());
+        let over = "x".repeat(MAX_ARG_STRLEN - 15);
+        let err = ShellStage
+            .resolve_params(&json!({"cmd": "x", "big": over}))
+            .unwrap_err();
+        assert_eq!(err.field, "params.big");
+        assert!(
+            err.message
+                .contains("is 131073 bytes as the environment variable RISE_PARAM_BIG")
+                && err.message.contains("E2BIG")
+                && err.message.contains("MAX_ARG_STRLEN"),
+            "{err}"
+        );
+        // An array counts as the JSON it becomes.
+        let many: Vec<String> = (0..20_000).map(|i| format!("item{i}")).collect();
+        let err = ShellStage
+            .resolve_params(&json!({"cmd": "x", "list": many}))
+            .unwrap_err();
+        assert_eq!(err.field, "params.list");
+        // The command itself is one argument of `bash -c`.
+        let err = ShellStage
+            .resolve_params(&json!({"cmd": "#".repeat(MAX_ARG_STRLEN)}))
+            .unwrap_err();
+        assert_eq!(err.field, "cmd");
+        // Each fits, but not all of them together.
+        let mut table = serde_json::Map::new();
+        table.insert("cmd".into(), json!("x"));
+        for i in 0..10 {
+            table.insert(format!("p{i}"), json!("y".repeat(120_000)));
+        }
+        let err = ShellStage
+            .resolve_params(&Value::Object(table))
+            .unwrap_err();
+        assert_eq!(err.field, "params");
+        assert!(err.message.contains("ARG_MAX"), "{err}");
     }
 
     #[test]

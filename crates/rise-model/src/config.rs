@@ -892,7 +892,8 @@ pub struct MemoryBudget {
     /// (half of the machine's memory, see [`HOST_MEMORY_DIVISOR`]); `None` where it
     /// is unknown.
     pub host_bytes: Option<u64>,
-    /// Where `host_bytes` came from, for errors: `half of MemTotal 24.0 GiB (/proc/meminfo)`.
+    /// Where `host_bytes` came from, for errors:
+    /// `half of the 24.0 GiB this process can have: MemTotal in /proc/meminfo`.
     pub host_source: String,
     /// An explicit cap on parameters (`--max-params`, `RISE_MAX_PARAMS`).
     pub max_params: Option<u64>,
@@ -919,7 +920,10 @@ impl MemoryBudget {
         };
         MemoryBudget {
             host_bytes: Some(total / HOST_MEMORY_DIVISOR),
-            host_source: format!("half of {source} {}", human_bytes(u128::from(total))),
+            host_source: format!(
+                "half of the {} this process can have: {source}",
+                human_bytes(u128::from(total))
+            ),
             max_params: None,
         }
     }
@@ -956,9 +960,14 @@ pub fn parse_param_count(text: &str) -> Result<u64, String> {
                 'M' => 1_000_000,
                 'G' | 'B' => 1_000_000_000,
                 'T' => 1_000_000_000_000,
-                _ => {
+                _ if t[..i].parse::<f64>().is_ok() => {
                     return Err(format!(
                         "`{text}`: unknown suffix `{c}` (use K, M, B or T, or a plain number)"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "`{text}` is not a parameter count (e.g. 7000000000 or 7B)"
                     ))
                 }
             };
@@ -989,8 +998,8 @@ fn machine_memory() -> Option<(u64, &'static str)> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let total = meminfo_total(&meminfo)?;
     match cgroup_limit() {
-        Some(limit) if limit < total => Some((limit, "the cgroup's memory.max")),
-        _ => Some((total, "MemTotal (/proc/meminfo)")),
+        Some(limit) if limit < total => Some((limit, "memory.max of its cgroup")),
+        _ => Some((total, "MemTotal in /proc/meminfo")),
     }
 }
 
@@ -1322,7 +1331,12 @@ mod tests {
         assert!(parse_param_count("0").is_err());
         assert!(parse_param_count("-3").is_err());
         assert!(parse_param_count("7X").is_err());
-        assert!(parse_param_count("lots").is_err());
+        assert!(parse_param_count("7X")
+            .unwrap_err()
+            .contains("unknown suffix `X`"));
+        assert!(parse_param_count("lots")
+            .unwrap_err()
+            .contains("not a parameter count"));
         assert!(parse_param_count("99999999999T").is_err());
     }
 
@@ -1339,7 +1353,7 @@ mod tests {
         let b = MemoryBudget::of_this_machine();
         if cfg!(target_os = "linux") {
             assert!(b.host_bytes.is_some_and(|n| n > 0), "{b:?}");
-            assert!(b.host_source.starts_with("half of"), "{b:?}");
+            assert!(b.host_source.starts_with("half of the"), "{b:?}");
         }
     }
 }

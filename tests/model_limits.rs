@@ -1,0 +1,196 @@
+//! Model configs are bounded before anything is allocated: through the real `rise generate`,
+//! `rise score` and the `model` stage, an absurd `config.json` is a clean error naming its
+//! fields and numbers, never a libtorch panic, an abort or an out-of-memory kill.
+mod engine_support;
+mod rise_common;
+
+use engine_support::{header, stderr, Env};
+use rise_common::{check_worker, stage_logs};
+
+/// A three-word tokenizer: `generate` reads the tokenizer before the model.
+const TOKENIZER: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
+    "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+    "post_processor": null, "decoder": null,
+    "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "hi": 1, "x": 2}, "unk_token": "<unk>"}}"#;
+
+/// A model directory with `config` as config.json, a tokenizer and an empty
+/// model.safetensors: enough to reach the config check, which comes before the weights are
+/// read.
+fn model_dir(env: &Env, name: &str, config: &str) -> std::path::PathBuf {
+    env.write(&format!("{name}/config.json"), config);
+    env.write(&format!("{name}/tokenizer.json"), TOKENIZER);
+    env.write(&format!("{name}/model.safetensors"), "");
+    env.path(name)
+}
+
+const HUGE_VOCAB: &str = r#"{"vocab_size": 1000000000000, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}"#;
+
+const TINY: &str = r#"{"vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4}"#;
+
+/// Exited by itself with a failure status: not 101 (a Rust panic), not killed by a signal
+/// (an abort is SIGABRT, an out-of-memory kill SIGKILL), and nothing says "panicked".
+fn assert_clean_failure(out: &std::process::Output, what: &str) {
+    let err = stderr(out);
+    match out.status.code() {
+        Some(code) if code != 0 && code != 101 => {}
+        other => panic!("{what}: exit {other:?} (a panic or a signal), stderr:\n{err}"),
+    }
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
+#[test]
+fn generate_refuses_a_vocabulary_no_machine_holds_naming_fields_and_numbers() {
+    check_worker();
+    let env = Env::new();
+    let dir = model_dir(&env, "huge", HUGE_VOCAB);
+    let dir = dir.to_str().unwrap();
+    env.write("in.jsonl", "{\"text\": \"hi\"}\n");
+    for cmd in [
+        vec!["generate", "--model", dir, "--prompt", "hi"],
+        vec!["score", "--model", dir, "--jsonl", "in.jsonl"],
+    ] {
+        let out = env.run(&cmd);
+        assert_clean_failure(&out, cmd[0]);
+        let err = stderr(&out);
+        for want in [
+            "huge/config.json: the model has 128000000082240 parameters",
+            "vocab_size 1000000000000 × hidden_size 64",
+            "The largest part is the embedding: check `vocab_size, hidden_size`",
+            "at most",
+            "half of the",
+        ] {
+            assert!(
+                err.contains(want),
+                "rise {}: `{want}` missing:\n{err}",
+                cmd[0]
+            );
+        }
+    }
+}
+
+#[test]
+fn absurd_widths_and_depths_are_refused_before_allocation() {
+    check_worker();
+    let env = Env::new();
+    let cases = [
+        (
+            // 10^6 wide: 64 GB of zeros in fp32 before this check existed.
+            r#"{"vocab_size": 32000, "hidden_size": 1000000, "intermediate_size": 2000000,
+            "num_hidden_layers": 2, "num_attention_heads": 8}"#,
+            "the model has",
+        ),
+        (
+            // 10^9 layers: a billion layer objects, whatever their width.
+            r#"{"vocab_size": 100, "hidden_size": 8, "intermediate_size": 8,
+            "num_hidden_layers": 1000000000, "num_attention_heads": 2}"#,
+            "check `num_hidden_layers",
+        ),
+        (
+            r#"{"vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "rms_norm_eps": 0.0}"#,
+            "field `rms_norm_eps`: 0 must be a positive, finite number",
+        ),
+        (
+            r#"{"vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "rope_theta": -1.0}"#,
+            "field `rope_theta`",
+        ),
+    ];
+    for (i, (config, want)) in cases.iter().enumerate() {
+        let dir = model_dir(&env, &format!("m{i}"), config);
+        let out = env.run(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ]);
+        assert_clean_failure(&out, want);
+        assert!(stderr(&out).contains(want), "`{want}`:\n{}", stderr(&out));
+    }
+}
+
+#[test]
+fn max_params_caps_what_a_command_loads_and_a_small_model_passes_without_it() {
+    check_worker();
+    let env = Env::new();
+    let dir = model_dir(&env, "tiny", TINY);
+    let dir = dir.to_str().unwrap();
+    let out = env.run(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "x",
+        "--max-params",
+        "1K",
+    ]);
+    assert_clean_failure(&out, "--max-params");
+    assert!(
+        stderr(&out).contains("more than --max-params (RISE_MAX_PARAMS) = 1000 allows"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env
+        .rise(&["generate", "--model", dir, "--prompt", "x"])
+        .env("RISE_MAX_PARAMS", "1000")
+        .output()
+        .expect("spawn");
+    assert!(
+        stderr(&out).contains("RISE_MAX_PARAMS) = 1000"),
+        "{}",
+        stderr(&out)
+    );
+    // Without a cap the tiny config passes the check: loading goes on to the (empty) weights.
+    let out = env.run(&["generate", "--model", dir, "--prompt", "x"]);
+    assert_clean_failure(&out, "tiny");
+    let err = stderr(&out);
+    assert!(
+        err.contains("model.safetensors") && !err.contains("the model has"),
+        "{err}"
+    );
+    let out = env.run(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "x",
+        "--max-params",
+        "lots",
+    ]);
+    assert!(
+        stderr(&out).contains("`lots` is not a parameter count"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_model_stage_refuses_an_absurd_checkpoint_and_commits_nothing() {
+    check_worker();
+    let env = Env::new();
+    let dir = model_dir(&env, "huge", HUGE_VOCAB);
+    let p = env.write(
+        "m.toml",
+        &format!(
+            "{}[stage.imported]\nkind = \"model\"\nparams = {{ hf_dir = {:?} }}\n",
+            header("m"),
+            dir.display().to_string()
+        ),
+    );
+    let out = env.run(&["run", p.to_str().unwrap(), "--quiet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let log = stage_logs(&env.store(), "imported");
+    assert!(
+        log.contains("stage imported: params.hf_dir")
+            && log.contains("vocab_size 1000000000000 × hidden_size 64")
+            && !log.contains("panicked"),
+        "{log}"
+    );
+    let results = std::fs::read_dir(env.store().join("results"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert_eq!(results, 0, "nothing is committed for the failed stage");
+}
