@@ -43,7 +43,11 @@ A failing stage does not stop independent branches; its dependents are skipped a
 naming the stage and its log. Ctrl-C stops cleanly: running stages are killed, nothing of them is \
 committed, their scratch (resumable state) is kept; run again to continue.\n\n\
 Two runs of one pipeline on one store execute each stage once: the second waits for and reuses \
-the first's result.",
+the first's result.\n\n\
+Models are sized from their config.json before anything is allocated: a stage that would load a \
+model whose weights take more than half of this machine's memory (on the CPU) fails naming the \
+fields behind its size. RISE_MAX_PARAMS=N (e.g. 7B, 125M) caps the parameters of every model any \
+stage loads; it is an environment variable, not a param, so it never changes cache keys.",
         after_help = "Examples:\n  rise run pipelines/rise.toml\n  rise run pipelines/rise.toml --jobs 4\n  \
 rise run pipelines/rise.toml --stage iter1/train     # only that stage and what it needs\n  \
 rise run p.toml --json | jq .stages\n\nExit status: 0 all stages have results; 1 a stage failed \
