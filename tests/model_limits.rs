@@ -2,6 +2,7 @@
 //! `rise score` and the `model` stage, an absurd `config.json` is a clean error naming its
 //! fields and numbers, never a libtorch panic, an abort or an out-of-memory kill.
 mod engine_support;
+mod model_support;
 mod rise_common;
 
 use engine_support::{header, stderr, Env};
@@ -193,4 +194,45 @@ fn the_model_stage_refuses_an_absurd_checkpoint_and_commits_nothing() {
         .map(|rd| rd.count())
         .unwrap_or(0);
     assert_eq!(results, 0, "nothing is committed for the failed stage");
+}
+
+#[test]
+fn generate_into_a_reader_that_stops_early_ends_quietly() {
+    check_worker();
+    let env = Env::new();
+    let model = model_support::fixture("llama");
+    let err_path = env.path("stderr.txt");
+    // 300 samples as JSON lines: far more than a pipe buffer holds.
+    let mut child = env
+        .rise(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a",
+            "--n",
+            "300",
+            "--max-new-tokens",
+            "16",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let status = child.wait().unwrap();
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    // As `cat` would: the status of a SIGPIPE death (141), nothing on stderr.
+    assert_eq!(status.code(), Some(141), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
 }

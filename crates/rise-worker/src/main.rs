@@ -47,9 +47,23 @@ fn main() -> ExitCode {
     // Errors are for people (and the engine's stage log): the context chain, not a backtrace.
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `rise generate ... | head`: the reader left; there is no one to tell. Exit as a
+        // process killed by SIGPIPE would be reported (128 + 13), silently.
+        Err(err) if reader_went_away(&err) => ExitCode::from(141),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Not `eprintln!`, which panics when stderr is closed.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `err` comes from writing to a pipe whose reader is gone.
+fn reader_went_away(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
