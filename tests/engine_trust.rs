@@ -270,3 +270,34 @@ fn a_thousand_stage_tree_of_twins_reruns_without_growing_the_store() {
         "no-op re-runs add nothing"
     );
 }
+
+#[test]
+fn a_stage_that_changes_its_input_commits_nothing() {
+    let env = Env::new();
+    // Root ignores the checkout's read-only modes: the seal check after the stage catches it.
+    let text = header("tamper")
+        + &stage("a", &[], "n = 1")
+        + r#"[stage.b]
+kind = "shell"
+inputs = { x = "a" }
+outputs = ["out.txt"]
+cmd = '''echo evil >> "$RISE_IN_X/out.txt" && cat "$RISE_IN_X/out.txt" > "$RISE_OUT/out.txt"'''
+"#;
+    let p = env.write("p.toml", &text);
+    let p = p.to_str().unwrap();
+    let out = env.run(&["run", p, "--plain"]);
+    let is_root = unsafe { libc::geteuid() } == 0;
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    if is_root {
+        assert!(said.contains("the stage changed its input `x`"), "{said}");
+        assert!(said.contains("nothing committed"), "{said}");
+    } else {
+        assert!(said.contains("Permission denied"), "{said}");
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&env.ok(&["status", p, "--json"])).unwrap();
+    assert_eq!(status["stages"][1]["state"], "never run", "{status}");
+    // The damaged checkout was discarded: the store is clean, a's output intact.
+    env.ok(&["store", "verify"]);
+}

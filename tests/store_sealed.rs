@@ -346,23 +346,28 @@ fn root_damage_to_a_checkout_is_reported_and_repaired_before_the_next_consumer()
     );
     env.ok(&["store", "verify"]);
 
-    // 2. Damage from inside a stage, after it read its input (so its own result is right):
-    // replace a file and drop in an extra one.
+    // 2. Damage from inside a stage, after it read its input: replace a file and drop in an
+    // extra one. The engine checks a stage's inputs against their seals before committing: the
+    // stage fails, commits nothing, and the damaged checkout is discarded at once.
     let vandal = r#"rm "$RISE_IN_X/sub/deep.txt" && echo forged > "$RISE_IN_X/sub/deep.txt" && echo x > "$RISE_IN_X/extra""#;
-    env.run(&format!("{PRODUCER}{}", consumer("d", 3, "", vandal)));
-    assert_eq!(env.output_of("d"), expected);
-    assert_eq!(
-        std::fs::read_to_string(checkout.join("sub/deep.txt")).unwrap(),
-        "forged\n"
+    let text = format!(
+        "[pipeline]\nname = \"sealed\"\nseed = 1\n\n{PRODUCER}{}",
+        consumer("d", 3, "", vandal)
     );
-    let out = env.rise(&["store", "verify"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    std::fs::write(env.path("p.toml"), text).expect("write pipeline");
+    let p = env.path("p.toml");
+    let out = env.rise(&["run", p.to_str().expect("utf-8 path")]);
+    let said = describe(&out);
+    assert!(!out.status.success(), "{said}");
     assert!(
-        text.contains("file \"sub/deep.txt\" was modified")
-            && text.contains("extra entry \"extra\" (a regular file) is not in the artifact"),
-        "{text}"
+        said.contains("the stage changed its input `x`")
+            && said.contains("file \"sub/deep.txt\" was modified")
+            && said.contains("extra entry \"extra\" (a regular file) is not in the artifact")
+            && said.contains("nothing committed"),
+        "{said}"
     );
+    assert!(!env.rise(&["show", "d"]).status.success(), "d has no result");
+    env.ok(&["store", "verify"]);
     env.run(&format!("{PRODUCER}{}", consumer("e", 4, "", "")));
     assert_eq!(read_output(&env, "e"), CONSUMED);
     assert_eq!(

@@ -266,8 +266,6 @@ struct Shared<'a> {
     run_id: &'a str,
     threads: usize,
     host: String,
-    /// Output directories of stages this run executed, by artifact.
-    out_dirs: Mutex<HashMap<ArtifactId, PathBuf>>,
 }
 
 /// Run `resolved` on `store`. Stage failures are reported in the summary, not as `Err`.
@@ -328,7 +326,6 @@ pub fn run(
         run_id: &run_id,
         threads: opts.threads.unwrap_or((cores / jobs).max(1)),
         host: hostname(),
-        out_dirs: Mutex::new(HashMap::new()),
     };
 
     let mut states: Vec<Option<StageState>> = vec![None; n];
@@ -629,28 +626,39 @@ fn execute(
     }
 }
 
-/// Files 0444 (0555 if executable), directories 0555. Best effort: a failure only weakens the
-/// protection of a directory that is about to be read.
-fn make_read_only(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            make_read_only(&path);
-        } else if meta.is_file() {
-            let mode = if meta.permissions().mode() & 0o111 != 0 {
-                0o555
-            } else {
-                0o444
-            };
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
-        }
+/// After a child stage: kill what escaped its process group, noting it in the stage log.
+fn finish_processes(processes: StageProcesses, log: &crate::child::StageLog) {
+    match processes.finish() {
+        Ok(0) => {}
+        Ok(n) => log.line(&format!(
+            "# killed {n} processes of this stage still running after it exited"
+        )),
+        Err(e) => log.line(&format!("# {e}")),
     }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555));
+}
+
+/// A stage must not change its inputs: even root, whom the read-only modes do not stop, is
+/// caught here by the checkouts' seals before anything is committed, and the damaged checkout is
+/// discarded so that the next consumer gets the artifact's true files.
+fn check_inputs_unchanged(
+    store: &Store,
+    inputs: &BTreeMap<String, ArtifactId>,
+) -> Result<(), StageError> {
+    for (name, id) in inputs {
+        let damage = store.checkout_damage(id).map_err(store_err)?;
+        if damage.is_empty() {
+            continue;
+        }
+        let repair = match store.remove_checkout(id) {
+            Ok(()) => "the checkout was discarded and is rebuilt from the store on next use".into(),
+            Err(e) => format!("discarding the checkout failed ({e}): run `rise store verify --repair`"),
+        };
+        return Err(StageError::msg(format!(
+            "the stage changed its input `{name}` ({}); nothing committed; {repair}",
+            damage.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 fn store_err(e: StoreError) -> StageError {
@@ -702,11 +710,7 @@ fn execute_inner(
     let out_dir = std::path::absolute(sh.store.staging_dir("out").map_err(store_err)?)?;
     let mut input_dirs = BTreeMap::new();
     for (name, id) in &inputs {
-        let produced_here = sh.out_dirs.lock().ok().and_then(|d| d.get(id).cloned());
-        if let Some(dir) = produced_here {
-            input_dirs.insert(name.clone(), dir);
-            continue;
-        }
+        // A sealed checkout, checked against its seal (and rebuilt from the blobs if damaged).
         let dir = sh
             .store
             .artifact_path(id)
@@ -788,7 +792,9 @@ fn execute_inner(
             // Commands run where the pipeline file is, so relative script paths in `cmd` mean
             // the same thing whatever directory `rise run` was started from.
             cmd.current_dir(std::path::absolute(sh.resolved.pipeline.dir())?);
-            let exit = run_child(cmd, &sink, &progress, &sh.opts.cancel)?;
+            let exit = run_child(cmd, &sink, &progress, &sh.opts.cancel);
+            finish_processes(processes, &log);
+            let exit = exit?;
             if !exit.success() {
                 return Err(StageError::msg(exit.failure("command")));
             }
@@ -821,7 +827,9 @@ fn execute_inner(
             cmd.arg("stage")
                 .arg(&spec_path)
                 .env(STAGE_TOKEN_VAR, processes.token());
-            let exit = run_child(cmd, &sink, &progress, &sh.opts.cancel)?;
+            let exit = run_child(cmd, &sink, &progress, &sh.opts.cancel);
+            finish_processes(processes, &log);
+            let exit = exit?;
             let _ = std::fs::remove_dir_all(&spec_dir);
             if !exit.success() {
                 return Err(StageError::msg(
@@ -846,6 +854,7 @@ fn execute_inner(
     }
     tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: command finished");
     ctx.check_cancelled()?;
+    check_inputs_unchanged(sh.store, &inputs)?;
     for declared in &stage.outputs {
         if !out_dir.join(declared).exists() {
             return Err(StageError::msg(format!(
@@ -888,12 +897,11 @@ fn execute_inner(
             stage.name
         );
     }
-    // Downstream stages of this run read this directory instead of a fresh checkout of the
-    // same artifact (which would copy and fsync every file again). Read-only, like checkouts;
-    // it goes with the process's staging area.
-    make_read_only(&out_dir);
-    if let Ok(mut dirs) = sh.out_dirs.lock() {
-        dirs.insert(output, out_dir.clone());
+    // The output directory becomes the artifact's sealed checkout (no copy): downstream
+    // stages get it from `artifact_path`, checked like any checkout. A failure here costs only
+    // a checkout made from the blobs on first use.
+    if let Err(e) = sh.store.adopt_checkout(&output, &out_dir) {
+        tracing::warn!("stage {}: committed; its output stays unsealed: {e}", stage.name);
     }
     tracing::debug!(stage = %stage.name, ms = t_phase.elapsed().as_secs_f64() * 1e3, "phase: scratch removed");
     let seconds = t0.elapsed().as_secs_f64();
@@ -938,7 +946,6 @@ pub fn run_single(
         run_id: &run_id,
         threads: opts.threads.unwrap_or(cores),
         host: hostname(),
-        out_dirs: Mutex::new(HashMap::new()),
     };
     let key = stage_key(&resolved.stages[stage], &inputs);
     let state = execute(&shared, stage, key, inputs);

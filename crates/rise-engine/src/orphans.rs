@@ -84,6 +84,13 @@ impl StageProcesses {
         ))
     }
 
+    /// After the stage's child exited (its process group is killed then): kill any descendant
+    /// that left the group (`setsid`, a daemon), so that nothing writes into the stage's output
+    /// or scratch while the engine hashes them. Returns how many were killed.
+    pub fn finish(self) -> io::Result<usize> {
+        kill_token_holders(&self.token, REAP_TIMEOUT)
+    }
+
     /// The value of [`STAGE_TOKEN_VAR`] for this stage's child.
     pub fn token(&self) -> &str {
         &self.token

@@ -42,7 +42,17 @@ pub(crate) const SEALED_FILE_MODE: u32 = 0o444;
 /// The mode of an executable checkout file.
 pub(crate) const SEALED_EXEC_MODE: u32 = 0o555;
 
-const SEAL_FORMAT: &str = "rise-seal/1";
+const SEAL_FORMAT: &str = "rise-seal/2";
+
+/// This boot's id (empty where the kernel does not say): see [`SealRecord::boot`].
+fn boot_id() -> &'static str {
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+}
 /// Suffix of a seal record's file name, next to its checkout: `checkouts/<id>.seal`.
 pub(crate) const SEAL_SUFFIX: &str = ".seal";
 
@@ -84,6 +94,11 @@ struct Stamps {
 struct SealRecord {
     format: String,
     artifact: ArtifactId,
+    /// The boot the stamps were taken in. Stamps prove nothing across a machine crash: a file
+    /// whose data was never written back keeps its size and times. A checkout adopted from a
+    /// stage's output ([`Store::adopt_checkout`]) is not fsynced, so after a reboot every file
+    /// is re-hashed once.
+    boot: String,
     // Not `#[serde(flatten)]`: flattening buffers values in a form without 128-bit integers.
     stamps: Stamps,
 }
@@ -422,7 +437,7 @@ impl Store {
     }
 
     /// The recorded stamps of checkout `id`; `None` if there is no seal or it cannot be used
-    /// (unreadable, another format, another artifact): then everything is re-hashed.
+    /// (unreadable, another format, another artifact, another boot): then everything is re-hashed.
     fn read_seal(&self, id: &ArtifactId) -> Option<Stamps> {
         let path = self.seal_path(id);
         let bytes = match fs::read(&path) {
@@ -434,7 +449,9 @@ impl Store {
             }
         };
         match serde_json::from_slice::<SealRecord>(&bytes) {
-            Ok(r) if r.format == SEAL_FORMAT && r.artifact == *id => Some(r.stamps),
+            Ok(r) if r.format == SEAL_FORMAT && r.artifact == *id && r.boot == boot_id() => {
+                Some(r.stamps)
+            }
             Ok(_) => {
                 tracing::debug!("seal {} is for something else; re-hashing", path.display());
                 None
@@ -458,6 +475,7 @@ impl Store {
         let record = SealRecord {
             format: SEAL_FORMAT.to_string(),
             artifact: *id,
+            boot: boot_id().to_string(),
             stamps,
         };
         let bytes = serde_json::to_vec(&record).map_err(|source| StoreError::Json {
@@ -597,6 +615,37 @@ impl Store {
         }
         self.write_seal(id, ins.stamps);
         Ok(())
+    }
+
+    /// Makes `dir`, a directory whose files [`Store::put_tree`] has just stored as artifact
+    /// `id` (a stage's output, with every process that wrote it gone), the checkout of `id`:
+    /// modes sealed, renamed into `checkouts/<id>/`, seal record written, with no copy and no
+    /// second hashing. Later stages then get their inputs from [`Store::artifact_path`] like any
+    /// other checkout, checked against the seal. When a checkout of `id` exists already, or
+    /// `dir` holds what a checkout cannot (symbolic links, empty directories), `dir` is removed
+    /// and the checkout is made from the blobs on first use. Returns the checkout's path.
+    pub fn adopt_checkout(&self, id: &ArtifactId, dir: &Path) -> Result<PathBuf> {
+        let dest = self.checkout_path(id);
+        let tree = self.read_tree(id)?;
+        let adopted = fs::symlink_metadata(&dest).is_err() && {
+            let ins = inspect(dir, &tree, None, Hashing::Trusted);
+            ins.damage.is_empty() && {
+                for (path, mode, _) in ins.loose.iter().filter(|(p, _, _)| p != dir) {
+                    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                        .map_err(StoreError::io("set permissions of", path))?;
+                }
+                fs::rename(dir, &dest).is_ok()
+            }
+        };
+        if !adopted {
+            remove_dir_all_force(dir)?;
+            return Ok(dest);
+        }
+        fs::set_permissions(&dest, fs::Permissions::from_mode(SEALED_DIR_MODE))
+            .map_err(StoreError::io("set permissions of", &dest))?;
+        sync_parent(&dest)?;
+        self.write_seal(id, inspect(&dest, &tree, None, Hashing::Trusted).stamps);
+        Ok(dest)
     }
 
     /// Compares checkout `id` with its artifact the way [`Store::artifact_path`] does (stat
@@ -745,6 +794,46 @@ mod tests {
         fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
         f();
         fs::set_permissions(p, fs::Permissions::from_mode(SEALED_DIR_MODE)).unwrap();
+    }
+
+    #[test]
+    fn a_stage_output_is_adopted_as_a_sealed_checkout_without_copying() {
+        let (dir, s, id) = setup(FILES);
+        let src = dir.0.path().join("src");
+        let inode = fs::metadata(src.join("a.txt")).unwrap().ino();
+        let dest = s.adopt_checkout(&id, &src).unwrap();
+        assert!(!src.exists(), "moved, not copied");
+        assert_eq!(fs::metadata(dest.join("a.txt")).unwrap().ino(), inode);
+        assert_eq!(mode(&dest), SEALED_DIR_MODE);
+        assert_eq!(mode(&dest.join("sub/deep")), SEALED_DIR_MODE);
+        assert_eq!(mode(&dest.join("sub/b.txt")), SEALED_FILE_MODE);
+        // Sealed: the next use only stats, and damage is caught.
+        assert!(matches!(
+            outcome(&s, &id),
+            CheckoutOutcome::Reused { rehashed: 0, modes_fixed: 0 }
+        ));
+        append(&dest.join("sub/b.txt"), b"!");
+        let damage = s.checkout_damage(&id).unwrap();
+        assert!(damage[0].contains("\"sub/b.txt\" was modified"), "{damage:?}");
+        assert!(matches!(outcome(&s, &id), CheckoutOutcome::Rebuilt { .. }));
+
+        // A second directory with the same artifact is dropped: the checkout exists already.
+        let again = dir.0.path().join("again");
+        for (p, bytes) in FILES {
+            fs::create_dir_all(again.join(p).parent().unwrap()).unwrap();
+            fs::write(again.join(p), bytes).unwrap();
+        }
+        assert_eq!(s.adopt_checkout(&id, &again).unwrap(), dest);
+        assert!(!again.exists());
+
+        // What a checkout cannot hold (an empty directory) is not adopted; the checkout is
+        // made from the blobs on first use.
+        let (dir, s, id) = setup(FILES);
+        let src = dir.0.path().join("src");
+        fs::create_dir(src.join("empty")).unwrap();
+        let dest = s.adopt_checkout(&id, &src).unwrap();
+        assert!(!src.exists() && !dest.exists());
+        assert!(matches!(outcome(&s, &id), CheckoutOutcome::Created));
     }
 
     fn outcome(s: &Store, id: &ArtifactId) -> CheckoutOutcome {
