@@ -3,7 +3,13 @@
 //! Each turn of a graded trajectory, up to and including its first correct turn, can become one
 //! example: the conversation the model saw at that turn as input, the response as the only trained
 //! message, and the weight `exp(reward / tau)`. Wrong responses are kept with weight 1 under the
-//! `all` criterion: this is reward-weighted regression, not filtered SFT.
+//! `all` criterion: this is reward-weighted regression, not filtered SFT. A teacher's response
+//! (the distillation arm) is weighted the same way, whatever its reward: the release keeps one
+//! teacher sample per wrong state and lets the weight say how good it was.
+//!
+//! Every stored conversation is checked against the one rule that builds states
+//! ([`rise_data::conversation::build_messages`] with the rollouts' window): an example is only
+//! trained on a prefix that sampling and evaluation would also show the model.
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +19,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{Message, Trajectory};
+use crate::rollout::{Message, Source, Trajectory};
 
 /// Which turns of a trajectory become training examples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +81,9 @@ pub struct ExampleOptions {
     /// Shuffle the examples with `seed` (deterministic).
     pub shuffle: bool,
     pub seed: u64,
+    /// The context window the rollouts were built with (their `rollouts.json`): every stored
+    /// conversation must be what [`Trajectory::state_before`] gives with it.
+    pub window: usize,
 }
 
 impl Default for ExampleOptions {
@@ -85,6 +94,7 @@ impl Default for ExampleOptions {
             dedup: true,
             shuffle: true,
             seed: 0,
+            window: 2,
         }
     }
 }
@@ -98,6 +108,8 @@ pub struct TrainingExample {
     pub messages: Vec<Message>,
     /// The trained assistant message.
     pub response: String,
+    /// Who wrote it: the learner on-policy, best-of-N from the learner, or a teacher.
+    pub source: Source,
     pub reward: f64,
     pub weight: f64,
 }
@@ -109,6 +121,16 @@ pub enum ExampleError {
     Ungraded { prompt_id: String, turn: u32 },
     #[error("tau must be a positive finite number, got {0}")]
     BadTau(f64),
+    #[error(
+        "trajectory {prompt_id:?} turn {turn}: the stored conversation is not the state that \
+         window {window} builds (system, question, the last window-1 attempts each with its \
+         feedback); the rollouts were made under another rule: re-run sample and relabel"
+    )]
+    StateMismatch {
+        prompt_id: String,
+        turn: u32,
+        window: usize,
+    },
 }
 
 /// `exp(reward / tau)`: correct (1) ≈ 12.18, wrong (0) = 1, unparseable (−1) ≈ 0.082 at tau 0.4.
@@ -146,6 +168,16 @@ pub fn build_examples(
                 }
             }
         }
+        let system = t.system();
+        for (i, a) in t.attempts.iter().enumerate() {
+            if a.messages != t.state_before(i, opts.window, system) {
+                return Err(ExampleError::StateMismatch {
+                    prompt_id: t.prompt_id.clone(),
+                    turn: a.turn,
+                    window: opts.window,
+                });
+            }
+        }
         // The episode ends at the first correct answer: later turns never train.
         let end = t.first_correct().map_or(t.attempts.len(), |i| i + 1);
         let keep: Vec<usize> = match opts.criterion {
@@ -171,6 +203,7 @@ pub fn build_examples(
                 turn: a.turn,
                 messages: a.messages.clone(),
                 response: a.response.clone(),
+                source: a.source,
                 reward: rewards[i],
                 weight: weight(rewards[i], opts.tau),
             });
@@ -196,20 +229,27 @@ pub fn build_examples(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{Attempt, Role, Source, Verdict};
+    use crate::rollout::{Attempt, Role, Verdict};
+    use rise_data::conversation::build_messages;
 
+    /// A trajectory whose stored conversations are the window-2 states (as sample and relabel
+    /// build them), with a system message.
     fn traj(id: &str, rewards: &[f64]) -> Trajectory {
+        let question = format!("question {id}");
+        let responses: Vec<String> = (1..=rewards.len())
+            .map(|t| format!("{id} response {t}"))
+            .collect();
         Trajectory {
             prompt_id: id.into(),
-            question: format!("question {id}"),
+            question: question.clone(),
             gold: "7".into(),
             attempts: rewards
                 .iter()
                 .enumerate()
                 .map(|(i, &r)| Attempt {
                     turn: i as u32 + 1,
-                    messages: vec![Message::new(Role::User, format!("{id} turn {}", i + 1))],
-                    response: format!("{id} response {}", i + 1),
+                    messages: build_messages(&question, &responses[..i], 2, "sys"),
+                    response: responses[i].clone(),
                     source: if i == 0 {
                         Source::Policy
                     } else {
@@ -335,5 +375,52 @@ mod tests {
             build_examples(&[], &o),
             Err(ExampleError::BadTau(_))
         ));
+    }
+
+    #[test]
+    fn stored_states_must_follow_the_window_rule() {
+        let ts = [traj("a", &[0.0, 0.0, 1.0])];
+        assert_eq!(build_examples(&ts, &opts(Criterion::All)).unwrap().len(), 3);
+        // The same rollouts read with another window: turn 3 would have kept two attempts.
+        let mut o = opts(Criterion::All);
+        o.window = 3;
+        assert_eq!(
+            build_examples(&ts, &o).unwrap_err(),
+            ExampleError::StateMismatch {
+                prompt_id: "a".into(),
+                turn: 3,
+                window: 3
+            }
+        );
+        // The rule before the release's window: turn 3 opened with the earlier feedback.
+        let mut old = ts[0].clone();
+        old.attempts[2].messages[1] = Message::new(
+            Role::User,
+            rise_data::conversation::feedback_message("question a"),
+        );
+        let e = build_examples(&[old], &opts(Criterion::All)).unwrap_err();
+        assert!(
+            matches!(e, ExampleError::StateMismatch { turn: 3, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn teacher_turns_keep_their_source_and_weigh_exp_r_over_tau() {
+        let mut t = traj("a", &[0.0, 0.0, -1.0]);
+        t.attempts[1].source = Source::Teacher;
+        t.attempts[2].source = Source::Teacher;
+        let mut o = opts(Criterion::All);
+        o.tau = 0.5;
+        let ex = build_examples(&[t], &o).unwrap();
+        let sources: Vec<_> = ex.iter().map(|e| (e.source, e.reward, e.weight)).collect();
+        assert_eq!(
+            sources,
+            vec![
+                (Source::Policy, 0.0, 1.0),
+                (Source::Teacher, 0.0, 1.0),
+                (Source::Teacher, -1.0, (-2.0f64).exp()),
+            ]
+        );
     }
 }

@@ -14,7 +14,12 @@
 //! - transitions: how often the next sequential turn is right after a right / a wrong one, next
 //!   to how often the next parallel sample is. A model that uses the feedback well beats the
 //!   parallel rate after a wrong answer without losing it after a right one; that is what makes
-//!   `m1@t{n}` beat `m{k}@t1`.
+//!   `m1@t{n}` beat `m{k}@t1`;
+//! - beside them (RISE.md §6–7), what tells the mechanisms apart: the tie rate of the vote over
+//!   turns and `m1@t{n}` with earliest-wins ties, parallel pass@k beside `p1@t{n}`, and how
+//!   often the answer CHANGES after a right / a wrong one (sequential against parallel);
+//! - each problem's outcomes, so that the report can pair models on the same problems
+//!   ([`mcnemar`]): models share random streams per problem and turn.
 //!
 //! Every proportion carries a 95% Wilson score interval.
 use serde::{Deserialize, Serialize};
@@ -201,6 +206,141 @@ impl Transitions {
     }
 }
 
+/// How often the next answer differs from the previous one, after a right and after a wrong
+/// answer: between consecutive sequential turns (after the always-"incorrect" feedback) and
+/// between consecutive parallel samples. Two answers are the same when both parse and are
+/// equivalent, or neither parses. A model that tells right from wrong changes wrong answers
+/// and keeps right ones; one that does not changes both alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    pub sequential_after_right: Proportion,
+    pub sequential_after_wrong: Proportion,
+    pub parallel_after_right: Proportion,
+    pub parallel_after_wrong: Proportion,
+}
+
+impl Changes {
+    fn compute(problems: &[ProblemEval], equiv: &dyn Fn(&str, &str) -> bool) -> Changes {
+        let same = |a: &GradedAnswer, b: &GradedAnswer| match (&a.answer, &b.answer) {
+            (Some(x), Some(y)) => equiv(x, y),
+            (None, None) => true,
+            _ => false,
+        };
+        let rate = |chains: &dyn Fn(&ProblemEval) -> &[GradedAnswer], after_right: bool| {
+            let (mut changed, mut pairs) = (0, 0);
+            for p in problems {
+                for pair in chains(p).windows(2) {
+                    if pair[0].correct == after_right {
+                        pairs += 1;
+                        changed += u64::from(!same(&pair[0], &pair[1]));
+                    }
+                }
+            }
+            Proportion::new(changed, pairs)
+        };
+        Changes {
+            sequential_after_right: rate(&|p| &p.sequential, true),
+            sequential_after_wrong: rate(&|p| &p.sequential, false),
+            parallel_after_right: rate(&|p| &p.parallel, true),
+            parallel_after_wrong: rate(&|p| &p.parallel, false),
+        }
+    }
+}
+
+/// Each problem's outcomes, in evaluation order, for paired tests between models and between
+/// metrics of one model. Each list is written as a string of `0`/`1`, one character per
+/// problem, so that a 1000-problem evaluation stays a few kilobytes of JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcomes {
+    pub prompt_ids: Vec<String>,
+    /// Parallel sample 1 (= sequential turn 1) correct.
+    #[serde(with = "bits")]
+    pub m1_t1: Vec<bool>,
+    /// The majority of the k parallel samples correct.
+    #[serde(with = "bits")]
+    pub mk_t1: Vec<bool>,
+    /// The majority over the n turns correct, ties to the most recent.
+    #[serde(with = "bits")]
+    pub m1_tn: Vec<bool>,
+    /// The same vote, ties to the earliest.
+    #[serde(with = "bits")]
+    pub m1_tn_earliest: Vec<bool>,
+    /// Some turn correct (oracle).
+    #[serde(with = "bits")]
+    pub p1_tn: Vec<bool>,
+    /// Some parallel sample correct.
+    #[serde(with = "bits")]
+    pub pass_k: Vec<bool>,
+    /// The vote over the turns tied (two or more answers share the top count).
+    #[serde(with = "bits")]
+    pub tie: Vec<bool>,
+}
+
+impl Outcomes {
+    /// The outcome list named by a headline key of `m` (`m1@t1`, `m{k}@t1`, `m1@t{n}`,
+    /// `p1@t{n}`) or a supplementary one.
+    pub fn by_key(&self, m: &EvalMetrics, key: &str) -> Option<&[bool]> {
+        let (k, n) = (m.parallel, m.turns);
+        let list = if key == "m1@t1" {
+            &self.m1_t1
+        } else if key == format!("m{k}@t1") {
+            &self.mk_t1
+        } else if key == format!("m1@t{n}") {
+            &self.m1_tn
+        } else if key == format!("p1@t{n}") {
+            &self.p1_tn
+        } else if key == tie_key(n) {
+            &self.tie
+        } else if key == earliest_key(n) {
+            &self.m1_tn_earliest
+        } else if key == pass_key(k) {
+            &self.pass_k
+        } else {
+            return None;
+        };
+        Some(list)
+    }
+}
+
+/// `Vec<bool>` as a `0`/`1` string.
+mod bits {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[bool], s: S) -> Result<S::Ok, S::Error> {
+        let text: String = v.iter().map(|&b| if b { '1' } else { '0' }).collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<bool>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.chars()
+            .enumerate()
+            .map(|(i, c)| match c {
+                '0' => Ok(false),
+                '1' => Ok(true),
+                other => Err(D::Error::custom(format!(
+                    "outcome {i} is {other:?}; expected a string of 0 and 1"
+                ))),
+            })
+            .collect()
+    }
+}
+
+/// The key of the tie rate of the vote over `n` turns.
+pub fn tie_key(n: u32) -> String {
+    format!("m1@t{n} tie rate")
+}
+
+/// The key of the vote over `n` turns with earliest-wins ties.
+pub fn earliest_key(n: u32) -> String {
+    format!("m1@t{n} earliest-wins")
+}
+
+/// The key of parallel pass@k.
+pub fn pass_key(k: u32) -> String {
+    format!("pass@{k} parallel")
+}
+
 /// Everything `evaluate` reports for one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
@@ -215,6 +355,11 @@ pub struct EvalMetrics {
     pub per_turn: Vec<Proportion>,
     pub flips: Vec<Flip>,
     pub transitions: Transitions,
+    /// In order: the tie rate of the vote over turns, `m1@t{n}` with earliest-wins ties,
+    /// parallel pass@k (beside `p1@t{n}`, the same oracle over parallel samples).
+    pub supplementary: Vec<Headline>,
+    pub changes: Changes,
+    pub outcomes: Outcomes,
 }
 
 impl EvalMetrics {
@@ -222,6 +367,7 @@ impl EvalMetrics {
     pub fn get(&self, key: &str) -> Option<&Proportion> {
         self.headline
             .iter()
+            .chain(&self.supplementary)
             .find(|h| h.key == key)
             .map(|h| &h.value)
     }
@@ -289,6 +435,71 @@ pub fn compute(
             .is_some_and(|i| p.sequential[i].correct)
     });
     let p1_tn = count(&|p| p.sequential.iter().any(|a| a.correct));
+    let outcomes = Outcomes {
+        prompt_ids: problems.iter().map(|p| p.prompt_id.clone()).collect(),
+        m1_t1: problems.iter().map(|p| p.parallel[0].correct).collect(),
+        mk_t1: problems
+            .iter()
+            .map(|p| {
+                majority(&p.parallel, equiv, TieBreak::Earliest)
+                    .is_some_and(|i| p.parallel[i].correct)
+            })
+            .collect(),
+        m1_tn: problems
+            .iter()
+            .map(|p| {
+                majority(&p.sequential, equiv, TieBreak::MostRecent)
+                    .is_some_and(|i| p.sequential[i].correct)
+            })
+            .collect(),
+        m1_tn_earliest: problems
+            .iter()
+            .map(|p| {
+                majority(&p.sequential, equiv, TieBreak::Earliest)
+                    .is_some_and(|i| p.sequential[i].correct)
+            })
+            .collect(),
+        p1_tn: problems
+            .iter()
+            .map(|p| p.sequential.iter().any(|a| a.correct))
+            .collect(),
+        pass_k: problems
+            .iter()
+            .map(|p| p.parallel.iter().any(|a| a.correct))
+            .collect(),
+        tie: problems
+            .iter()
+            .map(|p| vote_tied(&p.sequential, equiv))
+            .collect(),
+    };
+    let ones = |v: &[bool]| v.iter().filter(|&&b| b).count() as u64;
+    debug_assert_eq!(ones(&outcomes.m1_tn), m1_tn);
+    let (k32, n32) = (k as u32, n as u32);
+    let supplementary = vec![
+        Headline {
+            key: tie_key(n32),
+            description: format!(
+                "problems whose vote over the {n} turns tied (two or more answers share the top \
+                 count; the tie rule then decides m1@t{n})"
+            ),
+            value: Proportion::new(ones(&outcomes.tie), total),
+        },
+        Headline {
+            key: earliest_key(n32),
+            description: format!(
+                "m1@t{n} with ties to the earliest of the tied answers instead of the most recent"
+            ),
+            value: Proportion::new(ones(&outcomes.m1_tn_earliest), total),
+        },
+        Headline {
+            key: pass_key(k32),
+            description: format!(
+                "oracle over the {k} parallel samples: any correct (beside p1@t{n}, the oracle \
+                 over turns)"
+            ),
+            value: Proportion::new(ones(&outcomes.pass_k), total),
+        },
+    ];
 
     let headline = vec![
         Headline {
@@ -340,7 +551,162 @@ pub fn compute(
         per_turn,
         flips,
         transitions: Transitions::compute(problems),
+        supplementary,
+        changes: Changes::compute(problems, equiv),
+        outcomes,
     })
+}
+
+/// True when two or more answers share the top count of the vote (unparsed answers do not
+/// vote), grouping answers with `equiv` as [`majority`] does.
+pub fn vote_tied(answers: &[GradedAnswer], equiv: &dyn Fn(&str, &str) -> bool) -> bool {
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for a in answers {
+        let Some(ans) = a.answer.as_deref() else {
+            continue;
+        };
+        match groups.iter_mut().find(|g| equiv(g.0, ans)) {
+            Some(g) => g.1 += 1,
+            None => groups.push((ans, 1)),
+        }
+    }
+    let Some(top) = groups.iter().map(|g| g.1).max() else {
+        return false;
+    };
+    groups.iter().filter(|g| g.1 == top).count() > 1
+}
+
+/// Below this many discordant pairs [`mcnemar`] uses the exact binomial test; from it on, the
+/// continuity-corrected chi-square (the usual rule: the normal approximation is poor below ~25).
+pub const MCNEMAR_EXACT_BELOW: u64 = 25;
+
+/// Which form of McNemar's test gave the p-value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McNemarMethod {
+    /// Two-sided exact binomial on the discordant pairs (p = 1/2 under the null).
+    ExactBinomial,
+    /// (|b − c| − 1)² / (b + c) against chi-square with 1 degree of freedom.
+    ChiSquareCorrected,
+}
+
+impl McNemarMethod {
+    pub fn describe(self) -> &'static str {
+        match self {
+            McNemarMethod::ExactBinomial => "exact binomial",
+            McNemarMethod::ChiSquareCorrected => "chi-square, continuity-corrected",
+        }
+    }
+}
+
+/// McNemar's test of two paired binary outcomes on the same problems.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct McNemar {
+    /// Pairs (problems).
+    pub pairs: u64,
+    /// Problems where only the first outcome is a success.
+    pub first_only: u64,
+    /// Problems where only the second outcome is a success.
+    pub second_only: u64,
+    pub method: McNemarMethod,
+    /// Two-sided p-value.
+    pub p: f64,
+}
+
+impl McNemar {
+    /// The first outcome succeeds significantly more often than the second, at level `alpha`.
+    pub fn first_better(&self, alpha: f64) -> bool {
+        self.first_only > self.second_only && self.p < alpha
+    }
+    /// The second outcome succeeds significantly more often than the first, at level `alpha`.
+    pub fn second_better(&self, alpha: f64) -> bool {
+        self.second_only > self.first_only && self.p < alpha
+    }
+}
+
+/// Why a paired test could not be computed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("paired outcomes of different lengths: {first} and {second}")]
+pub struct UnpairedError {
+    pub first: usize,
+    pub second: usize,
+}
+
+/// McNemar's test on paired outcomes `first[i]`, `second[i]` of the same problem `i`: exact
+/// binomial below [`MCNEMAR_EXACT_BELOW`] discordant pairs, continuity-corrected chi-square
+/// from there on. With no discordant pair, p = 1.
+pub fn mcnemar(first: &[bool], second: &[bool]) -> Result<McNemar, UnpairedError> {
+    if first.len() != second.len() {
+        return Err(UnpairedError {
+            first: first.len(),
+            second: second.len(),
+        });
+    }
+    let first_only = first
+        .iter()
+        .zip(second)
+        .filter(|(a, b)| **a && !**b)
+        .count() as u64;
+    let second_only = first
+        .iter()
+        .zip(second)
+        .filter(|(a, b)| !**a && **b)
+        .count() as u64;
+    let n = first_only + second_only;
+    let (method, p) = if n < MCNEMAR_EXACT_BELOW {
+        let k = first_only.min(second_only);
+        // P(X <= k) for X ~ Binomial(n, 1/2), doubled; n < 25 keeps every term exact in f64.
+        let mut c = 1.0_f64;
+        let mut tail = 0.0;
+        for i in 0..=k {
+            if i > 0 {
+                c = c * (n - i + 1) as f64 / i as f64;
+            }
+            tail += c;
+        }
+        let p = (2.0 * tail / 2f64.powi(n as i32)).min(1.0);
+        (McNemarMethod::ExactBinomial, p)
+    } else {
+        let d = first_only.abs_diff(second_only) as f64 - 1.0;
+        let x = d.max(0.0).powi(2) / n as f64;
+        (McNemarMethod::ChiSquareCorrected, chi2_1_sf(x))
+    };
+    Ok(McNemar {
+        pairs: first.len() as u64,
+        first_only,
+        second_only,
+        method,
+        p,
+    })
+}
+
+/// P(X > x) for X ~ chi-square with 1 degree of freedom: erfc(sqrt(x / 2)).
+pub fn chi2_1_sf(x: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    erfc((x / 2.0).sqrt())
+}
+
+/// The complementary error function (Numerical Recipes' Chebyshev fit, fractional error below
+/// 1.2e-7 everywhere: ample for p-values).
+pub fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
 }
 
 #[cfg(test)]
@@ -450,6 +816,156 @@ mod tests {
         assert_eq!(pair(t.sequential_after_wrong), (2, 4));
         assert_eq!(pair(t.parallel_after_right), (0, 1));
         assert_eq!(pair(t.parallel_after_wrong), (2, 7));
+        // Changes (answers; None = unparsed, the same as another None):
+        // sequential a 1→1 1→1, b 5→1 1→1, c 3→1 1→3, d None→None twice;
+        // parallel   a 1→2 2→1, b 5→5 5→1, c 3→None None→None, d None→None twice.
+        let c = &m.changes;
+        assert_eq!(pair(c.sequential_after_right), (1, 4)); // c's 1→3
+        assert_eq!(pair(c.sequential_after_wrong), (2, 4)); // b's 5→1, c's 3→1
+        assert_eq!(pair(c.parallel_after_right), (1, 1)); // a's 1→2
+        assert_eq!(pair(c.parallel_after_wrong), (3, 7)); // a's 2→1, b's 5→1, c's 3→None
+        let o = &m.outcomes;
+        assert_eq!(o.prompt_ids, ["a", "b", "c", "d"]);
+        assert_eq!(o.m1_t1, [true, false, false, false]);
+        assert_eq!(o.mk_t1, [true, false, false, false]);
+        assert_eq!(o.m1_tn, [true, true, false, false]);
+        assert_eq!(o.p1_tn, [true, true, true, false]);
+        assert_eq!(o.pass_k, [true, true, false, false]);
+        assert_eq!(o.tie, [false; 4]);
+    }
+
+    #[test]
+    fn ties_the_earliest_rule_and_parallel_pass_at_k() {
+        let ps = vec![
+            // A tie 1-2 over the turns: the most recent (2) is wrong, the earliest (1) right.
+            problem(
+                "e",
+                "1",
+                &[Some("2"), Some("2"), Some("2"), Some("1")],
+                &[Some("1"), Some("2"), Some("1"), Some("2")],
+            ),
+            // The reverse tie: the most recent (1) is right, the earliest (2) wrong.
+            problem(
+                "f",
+                "1",
+                &[Some("2"), Some("2"), Some("2"), Some("2")],
+                &[Some("2"), Some("1"), Some("2"), Some("1")],
+            ),
+            // No tie.
+            problem(
+                "g",
+                "1",
+                &[Some("1"), Some("1"), Some("1"), Some("1")],
+                &[Some("1"), Some("1"), Some("1"), Some("2")],
+            ),
+        ];
+        let m = compute(&ps, &eq).unwrap();
+        let keys: Vec<_> = m.supplementary.iter().map(|h| h.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["m1@t4 tie rate", "m1@t4 earliest-wins", "pass@4 parallel"]
+        );
+        let got = |k: &str| m.get(k).unwrap().successes;
+        assert_eq!(got("m1@t4 tie rate"), 2); // e, f
+        assert_eq!(got("m1@t4"), 2); // f, g
+        assert_eq!(got("m1@t4 earliest-wins"), 2); // e, g
+        assert_eq!(got("pass@4 parallel"), 2); // e (its 4th sample), g
+        assert_eq!(got("p1@t4"), 3);
+        assert_eq!(m.outcomes.m1_tn, [false, true, true]);
+        assert_eq!(m.outcomes.m1_tn_earliest, [true, false, true]);
+        assert_eq!(m.outcomes.tie, [true, true, false]);
+        assert_eq!(
+            m.outcomes.by_key(&m, "m1@t4 earliest-wins"),
+            Some(&[true, false, true][..])
+        );
+        assert_eq!(
+            m.outcomes.by_key(&m, "m4@t1"),
+            Some(&[false, false, true][..])
+        );
+        assert_eq!(m.outcomes.by_key(&m, "m5@t1"), None);
+        assert!(!vote_tied(&[g(None, "1"), g(None, "1")], &eq));
+        assert!(vote_tied(
+            &[g(Some("3"), "1"), g(None, "1"), g(Some("1"), "1")],
+            &eq
+        ));
+    }
+
+    #[test]
+    fn outcomes_travel_as_bit_strings() {
+        let ps = vec![
+            problem("a", "1", &[Some("1")], &[Some("1"), Some("2")]),
+            problem("b", "1", &[Some("2")], &[Some("2"), Some("1")]),
+        ];
+        let m = compute(&ps, &eq).unwrap();
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["outcomes"]["m1_t1"], "10");
+        assert_eq!(json["outcomes"]["p1_tn"], "11");
+        let back: EvalMetrics = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.outcomes, m.outcomes);
+        let mut bad = json;
+        bad["outcomes"]["tie"] = "0x".into();
+        let e = serde_json::from_value::<EvalMetrics>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outcome 1 is 'x'"), "{e}");
+    }
+
+    #[test]
+    fn mcnemar_exact_on_hand_computed_cases() {
+        // first_only / second_only discordant pairs, plus concordant ones that do not count.
+        let pairs = |first_only: usize, second_only: usize, both: usize, neither: usize| {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            for (x, y, k) in [
+                (true, false, first_only),
+                (false, true, second_only),
+                (true, true, both),
+                (false, false, neither),
+            ] {
+                a.extend(std::iter::repeat_n(x, k));
+                b.extend(std::iter::repeat_n(y, k));
+            }
+            mcnemar(&a, &b).unwrap()
+        };
+        // 1 vs 6: P(X <= 1 | n = 7) = (1 + 7) / 128; two-sided 16 / 128.
+        let t = pairs(1, 6, 10, 3);
+        assert_eq!((t.pairs, t.first_only, t.second_only), (20, 1, 6));
+        assert_eq!(t.method, McNemarMethod::ExactBinomial);
+        assert!((t.p - 0.125).abs() < 1e-12, "{}", t.p);
+        assert!(!t.second_better(0.05));
+        // 0 vs 5: 2 / 32.
+        assert!((pairs(0, 5, 0, 0).p - 0.0625).abs() < 1e-12);
+        // 2 vs 10: 2 * (1 + 12 + 66) / 4096.
+        let t = pairs(2, 10, 0, 0);
+        assert!((t.p - 158.0 / 4096.0).abs() < 1e-12, "{}", t.p);
+        assert!(t.second_better(0.05) && !t.first_better(0.05));
+        // Balanced, and no discordant pair at all: p = 1.
+        assert_eq!(pairs(3, 3, 1, 1).p, 1.0);
+        assert_eq!(pairs(0, 0, 4, 4).p, 1.0);
+        assert!(mcnemar(&[true], &[true, false]).is_err());
+    }
+
+    #[test]
+    fn mcnemar_chi_square_from_25_discordant_pairs() {
+        // 10 vs 25: (|10 - 25| - 1)^2 / 35 = 5.6; P(chi2_1 > 5.6) = erfc(sqrt(2.8))
+        // = 0.0179604775 (Python's math.erfc).
+        let a: Vec<bool> = (0..35).map(|i| i < 10).collect();
+        let b: Vec<bool> = a.iter().map(|x| !x).collect();
+        let t = mcnemar(&a, &b).unwrap();
+        assert_eq!(t.method, McNemarMethod::ChiSquareCorrected);
+        assert!((t.p - 0.017_960_477_5).abs() < 1e-7, "{}", t.p);
+        assert!(t.second_better(0.05));
+        // 24 discordant pairs are still exact.
+        let a: Vec<bool> = (0..24).map(|i| i < 12).collect();
+        let b: Vec<bool> = a.iter().map(|x| !x).collect();
+        assert_eq!(
+            mcnemar(&a, &b).unwrap().method,
+            McNemarMethod::ExactBinomial
+        );
+        assert!((erfc(0.0) - 1.0).abs() < 1e-7);
+        assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-7);
+        assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-7);
+        assert_eq!(chi2_1_sf(0.0), 1.0);
     }
 
     #[test]

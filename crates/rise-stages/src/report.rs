@@ -1,7 +1,11 @@
-//! The experiment report: a markdown table, a PNG chart of accuracy against turn, and JSON.
+//! The experiment report: markdown tables, a PNG chart of accuracy against turn, and JSON.
 //!
-//! The report also checks, and states plainly, whether the paper's qualitative effects (RISE.md
-//! §7) appear in these numbers: it never hides an effect that did not show up.
+//! Any number of models sit side by side (base, teacher, the iterates of each arm). The report
+//! pairs them on the same problems (models share random streams per problem and turn, so the
+//! pairing is valid) with McNemar tests, and states plainly, arm by arm, which of the paper's
+//! qualitative claims (RISE.md §7) hold, with the test behind each: it never hides an effect
+//! that did not show up.
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Once;
@@ -9,12 +13,19 @@ use std::sync::Once;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{EvalMetrics, Proportion};
+use crate::metrics::{mcnemar, EvalMetrics, McNemar, Proportion};
 
 /// DejaVu Sans reduced to ASCII (10 KB, license in `assets/`): embedding it makes the chart
 /// render identically everywhere, without fontconfig or system fonts.
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 const FONT_NAME: &str = "rise-sans";
+
+/// The significance level of every claim's test.
+pub const ALPHA: f64 = 0.05;
+
+/// The teacher rule: its m1@t1 at least this many points above the base's, decided from the
+/// teacher's own scores only (never from RISE's results).
+pub const TEACHER_MARGIN_POINTS: f64 = 10.0;
 
 /// One evaluated model, under the name it has in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,12 +37,101 @@ pub struct ModelResult {
     pub metrics: EvalMetrics,
 }
 
-/// One qualitative claim of the paper, checked on these numbers.
+/// Where an arm's relabelled turns came from, which decides the claims it is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArmKind {
+    /// Best-of-N from the learner: the paper's weaker shape (first turn up, m1@t5 modestly
+    /// above m1@t1, m1@t5 below m5@t1).
+    SelfDistill,
+    /// From a more capable teacher: the paper's headline claims.
+    Distill,
+    /// Not declared: checked against the paper's headline claims, as RISE is published.
+    Unspecified,
+}
+
+impl ArmKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ArmKind::SelfDistill => {
+                "self-distillation (best-of-N from the learner), checked against the paper's \
+                 own self-distillation shape: first-turn accuracy up, m1@t5 above m1@t1, \
+                 m1@t5 below m5@t1"
+            }
+            ArmKind::Distill => {
+                "distillation from the teacher, checked against the paper's headline claims"
+            }
+            ArmKind::Unspecified => {
+                "relabel source not declared (report params `self_arm` / `distill_arm`), \
+                 checked against the paper's headline claims"
+            }
+        }
+    }
+}
+
+/// The iterates of one RISE arm, in iteration order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub name: String,
+    pub kind: ArmKind,
+    pub models: Vec<String>,
+}
+
+/// A McNemar test between two paired outcomes: two metrics of one model, or one metric of two
+/// models, on the same problems.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedTest {
+    /// e.g. `iter1 m1@t5`.
+    pub first: String,
+    /// e.g. `iter1 m1@t1`.
+    pub second: String,
+    pub first_value: f64,
+    pub second_value: f64,
+    #[serde(flatten)]
+    pub test: McNemar,
+}
+
+impl PairedTest {
+    fn describe(&self) -> String {
+        format!(
+            "{} {} vs {} {}; McNemar, {}: {} vs {} discordant of {} problems, {}",
+            self.first,
+            pct_f(self.first_value),
+            self.second,
+            pct_f(self.second_value),
+            self.test.method.describe(),
+            self.test.first_only,
+            self.test.second_only,
+            self.test.pairs,
+            p_text(self.test.p)
+        )
+    }
+}
+
+/// One qualitative claim of the paper, checked on these numbers with a paired test.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Effect {
+    /// The arm it belongs to ("" for claims about the base or teacher alone).
+    #[serde(default)]
+    pub arm: String,
     pub claim: String,
+    /// The test supports the claim at 5% (for "not below" claims: the test does not reject it).
     pub holds: bool,
+    /// The point estimates lean the claimed way, significant or not.
+    #[serde(default)]
+    pub direction: bool,
     pub detail: String,
+}
+
+/// The teacher rule, checked on the teacher's and the base's own scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeacherRule {
+    pub teacher: String,
+    pub base: String,
+    pub teacher_m1_t1: f64,
+    pub base_m1_t1: f64,
+    pub required_points: f64,
+    pub met: bool,
 }
 
 /// The whole report, as written to `report.json`.
@@ -40,11 +140,21 @@ pub struct Report {
     pub title: String,
     /// The base model's name (the model before any RISE iteration), if one was given.
     pub baseline: Option<String>,
+    /// The teacher's name, if one was evaluated.
+    #[serde(default)]
+    pub teacher: Option<String>,
+    #[serde(default)]
+    pub arms: Vec<Arm>,
     pub models: Vec<ModelResult>,
+    /// Every paired test the report ran, claims or not.
+    #[serde(default)]
+    pub tests: Vec<PairedTest>,
     pub effects: Vec<Effect>,
+    #[serde(default)]
+    pub teacher_rule: Option<TeacherRule>,
 }
 
-/// Errors writing the report.
+/// Errors building or writing the report.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("{path}: {source}")]
@@ -60,10 +170,29 @@ pub enum ReportError {
     },
     #[error("nothing to report: no evaluated models")]
     Empty,
+    #[error("{what} `{name}` is not one of the evaluated models ({known})")]
+    Unknown {
+        what: &'static str,
+        name: String,
+        known: String,
+    },
+    #[error(
+        "models `{first}` and `{second}` cannot be paired: {detail} (evaluate both on the same \
+         test set with the same `limit`)"
+    )]
+    Unpaired {
+        first: String,
+        second: String,
+        detail: String,
+    },
 }
 
 fn pct(p: &Proportion) -> String {
-    format!("{:.1}", 100.0 * p.value)
+    pct_f(p.value)
+}
+
+fn pct_f(v: f64) -> String {
+    format!("{:.1}", 100.0 * v)
 }
 
 fn pct_ci(p: &Proportion) -> String {
@@ -75,104 +204,343 @@ fn pct_ci(p: &Proportion) -> String {
     )
 }
 
-/// Checks the paper's qualitative claims. `baseline` is the model before RISE; every other model
-/// is a RISE iterate, in order.
-pub fn check_effects(models: &[ModelResult], baseline: Option<&str>) -> Vec<Effect> {
-    let mut effects = Vec::new();
-    let base = baseline.and_then(|b| models.iter().find(|m| m.name == b));
-    let rise: Vec<&ModelResult> = models
-        .iter()
-        .filter(|m| Some(m.name.as_str()) != baseline)
-        .collect();
-    let keys = |m: &ModelResult| {
-        (
-            m.metrics.headline[0].key.clone(),
-            m.metrics.headline[1].key.clone(),
-            m.metrics.headline[2].key.clone(),
-        )
+/// `p = 0.031`, or `p < 0.001`.
+fn p_text(p: f64) -> String {
+    let v = p_value(p);
+    if v.starts_with('<') {
+        format!("p {v}")
+    } else {
+        format!("p = {v}")
+    }
+}
+
+fn p_value(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+/// The four headline keys of a model: m1@t1, m{k}@t1, m1@t{n}, p1@t{n}.
+fn keys(m: &ModelResult) -> [String; 4] {
+    let h = &m.metrics.headline;
+    [
+        h[0].key.clone(),
+        h[1].key.clone(),
+        h[2].key.clone(),
+        h[3].key.clone(),
+    ]
+}
+
+/// One model's outcomes for `key` (a headline or supplementary key).
+fn outcomes<'a>(m: &'a ModelResult, key: &str) -> &'a [bool] {
+    m.metrics.outcomes.by_key(&m.metrics, key).unwrap_or(&[])
+}
+
+fn value(m: &ModelResult, key: &str) -> f64 {
+    m.metrics.get(key).map_or(f64::NAN, |p| p.value)
+}
+
+/// Two metrics of one model on its own problems.
+fn within(m: &ModelResult, first: &str, second: &str) -> Result<PairedTest, ReportError> {
+    let test =
+        mcnemar(outcomes(m, first), outcomes(m, second)).map_err(|e| ReportError::Unpaired {
+            first: m.name.clone(),
+            second: m.name.clone(),
+            detail: e.to_string(),
+        })?;
+    Ok(PairedTest {
+        first: format!("{} {first}", m.name),
+        second: format!("{} {second}", m.name),
+        first_value: value(m, first),
+        second_value: value(m, second),
+        test,
+    })
+}
+
+/// One metric of two models, paired by problem id.
+fn between(a: &ModelResult, b: &ModelResult, key: &str) -> Result<PairedTest, ReportError> {
+    let unpaired = |detail: String| ReportError::Unpaired {
+        first: a.name.clone(),
+        second: b.name.clone(),
+        detail,
     };
-    for m in &rise {
-        let (t1, mk, tn) = keys(m);
-        let (a, b) = (m.metrics.m1_tn(), m.metrics.m1_t1());
-        effects.push(Effect {
-            claim: format!(
-                "{}: {tn} > {t1} (accuracy rises with turns after RISE)",
-                m.name
-            ),
-            holds: a.value > b.value,
-            detail: format!("{tn} {} vs {t1} {}", pct(a), pct(b)),
-        });
-        let c = m.metrics.mk_t1();
-        effects.push(Effect {
-            claim: format!(
-                "{}: {tn} > {mk} (sequential beats parallel at equal compute)",
-                m.name
-            ),
-            holds: a.value > c.value,
-            detail: format!("{tn} {} vs {mk} {}", pct(a), pct(c)),
-        });
+    let (ia, ib) = (
+        &a.metrics.outcomes.prompt_ids,
+        &b.metrics.outcomes.prompt_ids,
+    );
+    if ia.len() != ib.len() {
+        return Err(unpaired(format!(
+            "{} problems against {}",
+            ia.len(),
+            ib.len()
+        )));
     }
+    let at: HashMap<&str, usize> = ib
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let (xa, xb) = (outcomes(a, key), outcomes(b, key));
+    let mut second = Vec::with_capacity(ia.len());
+    for id in ia {
+        let Some(&j) = at.get(id.as_str()) else {
+            return Err(unpaired(format!("problem {id:?} is only in `{}`", a.name)));
+        };
+        second.push(xb.get(j).copied().unwrap_or(false));
+    }
+    let test = mcnemar(xa, &second).map_err(|e| unpaired(e.to_string()))?;
+    Ok(PairedTest {
+        first: format!("{} {key}", a.name),
+        second: format!("{} {key}", b.name),
+        first_value: value(a, key),
+        second_value: value(b, key),
+        test,
+    })
+}
+
+/// The claim "first > second": holds when McNemar rejects equality at [`ALPHA`] that way.
+fn above(arm: &str, claim: String, t: &PairedTest) -> Effect {
+    Effect {
+        arm: arm.into(),
+        claim,
+        holds: t.test.first_better(ALPHA),
+        direction: t.test.first_only > t.test.second_only,
+        detail: t.describe(),
+    }
+}
+
+/// The claim "first < second".
+fn below(arm: &str, claim: String, t: &PairedTest) -> Effect {
+    Effect {
+        arm: arm.into(),
+        claim,
+        holds: t.test.second_better(ALPHA),
+        direction: t.test.first_only < t.test.second_only,
+        detail: t.describe(),
+    }
+}
+
+/// The claim "first not below second": holds unless McNemar rejects equality the other way.
+fn not_below(arm: &str, claim: String, t: &PairedTest) -> Effect {
+    Effect {
+        arm: arm.into(),
+        claim,
+        holds: !t.test.second_better(ALPHA),
+        direction: t.test.first_only >= t.test.second_only,
+        detail: t.describe(),
+    }
+}
+
+/// Runs every paired test and checks each arm's claims (RISE.md §7).
+fn check(
+    models: &[ModelResult],
+    baseline: Option<&str>,
+    arms: &[Arm],
+) -> Result<(Vec<PairedTest>, Vec<Effect>), ReportError> {
+    let by_name = |n: &str| models.iter().find(|m| m.name == n);
+    let base = baseline.and_then(by_name);
+    let mut tests = Vec::new();
+    let mut effects = Vec::new();
+    // Within each model: the turns against the first turn, and against parallel votes.
+    let mut turns_vs_t1 = HashMap::new();
+    let mut turns_vs_par = HashMap::new();
+    for m in models {
+        let [t1, mk, tn, _] = keys(m);
+        let a = within(m, &tn, &t1)?;
+        let b = within(m, &tn, &mk)?;
+        turns_vs_t1.insert(m.name.clone(), a.clone());
+        turns_vs_par.insert(m.name.clone(), b.clone());
+        tests.push(a);
+        tests.push(b);
+    }
+    // Every model against the base on the first turn.
+    let mut vs_base = HashMap::new();
     if let Some(base) = base {
-        let (t1, _, tn) = keys(base);
-        let (a, b) = (base.metrics.m1_tn(), base.metrics.m1_t1());
-        effects.push(Effect {
-            claim: format!("{}: {tn} does not exceed {t1} before RISE", base.name),
-            holds: a.value <= b.value,
-            detail: format!("{tn} {} vs {t1} {}", pct(a), pct(b)),
-        });
-        let base_gain = a.value - b.value;
-        for m in &rise {
-            let gain = m.metrics.m1_tn().value - m.metrics.m1_t1().value;
-            effects.push(Effect {
-                claim: format!(
-                    "{}: the gain over turns ({tn} - {t1}) exceeds {}'s (it comes from RISE)",
-                    m.name, base.name
-                ),
-                holds: gain > base_gain,
-                detail: format!("{:+.1} vs {:+.1} points", 100.0 * gain, 100.0 * base_gain),
-            });
-        }
-        for m in &rise {
-            let (x, y) = (m.metrics.m1_t1(), base.metrics.m1_t1());
-            effects.push(Effect {
-                claim: format!(
-                    "{}: {t1} not below {} beyond noise (first-turn accuracy is kept)",
-                    m.name, base.name
-                ),
-                holds: !x.significantly_below(y),
-                detail: format!(
-                    "{} vs {} (two-proportion z test, 95%)",
-                    pct_ci(x),
-                    pct_ci(y)
-                ),
-            });
+        for m in models.iter().filter(|m| m.name != base.name) {
+            let t = between(m, base, "m1@t1")?;
+            vs_base.insert(m.name.clone(), t.clone());
+            tests.push(t);
         }
     }
-    for pair in rise.windows(2) {
-        let (prev, next) = (pair[0], pair[1]);
-        let (_, _, tn) = keys(next);
-        let (a, b) = (next.metrics.m1_tn(), prev.metrics.m1_tn());
-        effects.push(Effect {
-            claim: format!(
-                "{} ≥ {} on {tn} (another iteration helps)",
-                next.name, prev.name
-            ),
-            holds: a.value >= b.value,
-            detail: format!("{} vs {}", pct(a), pct(b)),
-        });
+    for arm in arms {
+        let members: Vec<&ModelResult> = arm.models.iter().filter_map(|n| by_name(n)).collect();
+        let a = arm.name.as_str();
+        match arm.kind {
+            ArmKind::Distill | ArmKind::Unspecified => {
+                if let Some(base) = base {
+                    let [t1, _, tn, _] = keys(base);
+                    let t = &turns_vs_t1[&base.name];
+                    effects.push(Effect {
+                        arm: a.into(),
+                        claim: format!(
+                            "{}: {tn} not above {t1} (before RISE the turns do not help)",
+                            base.name
+                        ),
+                        holds: !t.test.first_better(ALPHA),
+                        direction: t.test.first_only <= t.test.second_only,
+                        detail: t.describe(),
+                    });
+                }
+                for m in &members {
+                    let [t1, mk, tn, _] = keys(m);
+                    effects.push(above(
+                        a,
+                        format!(
+                            "{}: {tn} > {t1} (accuracy rises with turns after RISE)",
+                            m.name
+                        ),
+                        &turns_vs_t1[&m.name],
+                    ));
+                    effects.push(above(
+                        a,
+                        format!(
+                            "{}: {tn} > {mk} (sequential beats parallel at equal compute)",
+                            m.name
+                        ),
+                        &turns_vs_par[&m.name],
+                    ));
+                    if let Some(base) = base {
+                        effects.push(not_below(
+                            a,
+                            format!(
+                                "{}: {t1} not below {} (first-turn accuracy does not drop)",
+                                m.name, base.name
+                            ),
+                            &vs_base[&m.name],
+                        ));
+                    }
+                }
+            }
+            ArmKind::SelfDistill => {
+                for m in &members {
+                    let [t1, mk, tn, _] = keys(m);
+                    if let Some(base) = base {
+                        effects.push(above(
+                            a,
+                            format!("{}: {t1} > {} (first-turn accuracy up)", m.name, base.name),
+                            &vs_base[&m.name],
+                        ));
+                    }
+                    effects.push(above(
+                        a,
+                        format!("{}: {tn} > {t1} (modestly above the first turn)", m.name),
+                        &turns_vs_t1[&m.name],
+                    ));
+                    effects.push(below(
+                        a,
+                        format!(
+                            "{}: {tn} < {mk} (sequential stays below parallel without a teacher)",
+                            m.name
+                        ),
+                        &turns_vs_par[&m.name],
+                    ));
+                }
+            }
+        }
+        // Another iteration helps further (both shapes: the paper's iteration 2 is above 1).
+        for pair in members.windows(2) {
+            let (prev, next) = (pair[0], pair[1]);
+            let [_, _, tn, _] = keys(next);
+            let t = between(next, prev, &tn)?;
+            effects.push(above(
+                a,
+                format!(
+                    "{}: {tn} > {} (another iteration helps further)",
+                    next.name, prev.name
+                ),
+                &t,
+            ));
+            tests.push(t);
+        }
     }
-    effects
+    Ok((tests, effects))
 }
 
 impl Report {
-    /// Assembles a report and checks the effects.
-    pub fn new(title: String, baseline: Option<String>, models: Vec<ModelResult>) -> Self {
-        let effects = check_effects(&models, baseline.as_deref());
-        Report {
+    /// Assembles a report: runs the paired tests and checks each arm's claims. Models named by
+    /// `baseline`, `teacher` and `arms` must be among `models`.
+    pub fn new(
+        title: String,
+        baseline: Option<String>,
+        teacher: Option<String>,
+        arms: Vec<Arm>,
+        models: Vec<ModelResult>,
+    ) -> Result<Self, ReportError> {
+        if models.is_empty() {
+            return Err(ReportError::Empty);
+        }
+        let known = || {
+            models
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let named = baseline
+            .iter()
+            .map(|n| ("baseline", n))
+            .chain(teacher.iter().map(|n| ("teacher", n)))
+            .chain(
+                arms.iter()
+                    .flat_map(|a| a.models.iter().map(|n| ("arm model", n))),
+            );
+        for (what, name) in named {
+            if !models.iter().any(|m| &m.name == name) {
+                return Err(ReportError::Unknown {
+                    what,
+                    name: name.clone(),
+                    known: known(),
+                });
+            }
+        }
+        let (tests, effects) = check(&models, baseline.as_deref(), &arms)?;
+        let find = |n: &Option<String>| {
+            n.as_ref()
+                .and_then(|n| models.iter().find(|m| &m.name == n))
+        };
+        let teacher_rule = match (find(&teacher), find(&baseline)) {
+            (Some(t), Some(b)) => {
+                let (tv, bv) = (t.metrics.m1_t1().value, b.metrics.m1_t1().value);
+                Some(TeacherRule {
+                    teacher: t.name.clone(),
+                    base: b.name.clone(),
+                    teacher_m1_t1: tv,
+                    base_m1_t1: bv,
+                    required_points: TEACHER_MARGIN_POINTS,
+                    met: 100.0 * (tv - bv) >= TEACHER_MARGIN_POINTS - 1e-9,
+                })
+            }
+            _ => None,
+        };
+        Ok(Report {
             title,
             baseline,
+            teacher,
+            arms,
             models,
+            tests,
             effects,
+            teacher_rule,
+        })
+    }
+
+    /// A table with one row per model: `cells` gives the row's cells after the name.
+    fn table(
+        &self,
+        s: &mut String,
+        header: &[String],
+        cells: impl Fn(&ModelResult) -> Vec<String>,
+    ) {
+        let _ = writeln!(
+            s,
+            "| model | {} |\n|---|{}",
+            header.join(" | "),
+            "---|".repeat(header.len())
+        );
+        for r in &self.models {
+            let _ = writeln!(s, "| {} | {} |", r.name, cells(r).join(" | "));
         }
     }
 
@@ -192,112 +560,200 @@ impl Report {
              always \"incorrect\" (no oracle); the chain's turn 1 is parallel sample 1.\n",
             m.problems, m.parallel, m.turns
         );
-        let mut header = String::from("| model |");
-        let mut rule = String::from("|---|");
-        for h in &m.headline {
-            let _ = write!(header, " {} |", h.key);
-            rule.push_str("---|");
-        }
-        let _ = writeln!(s, "{header}\n{rule}");
-        for r in &self.models {
-            let _ = write!(s, "| {} |", r.name);
-            for h in &r.metrics.headline {
-                let _ = write!(s, " {} |", pct_ci(&h.value));
-            }
-            s.push('\n');
-        }
+        let header: Vec<String> = m.headline.iter().map(|h| h.key.clone()).collect();
+        self.table(&mut s, &header, |r| {
+            r.metrics
+                .headline
+                .iter()
+                .map(|h| pct_ci(&h.value))
+                .collect()
+        });
         s.push('\n');
         for h in &m.headline {
             let _ = writeln!(s, "- **{}**: {}.", h.key, h.description);
         }
+
+        let _ = writeln!(
+            s,
+            "\n## Ties, the tie rule, and the oracles\n\n\
+             The vote over turns, its tie rate and the other tie rule; the oracle over turns \
+             beside the same oracle over the parallel samples.\n"
+        );
+        let [_, _, tn, p1] = keys(first);
+        let sup: Vec<String> = m.supplementary.iter().map(|h| h.key.clone()).collect();
+        let header = vec![
+            sup[0].clone(),
+            format!("{tn} (most recent)"),
+            sup[1].clone(),
+            p1.clone(),
+            sup[2].clone(),
+        ];
+        self.table(&mut s, &header, |r| {
+            let x = &r.metrics;
+            vec![
+                pct_ci(&x.supplementary[0].value),
+                pct_ci(x.m1_tn()),
+                pct_ci(&x.supplementary[1].value),
+                pct_ci(x.p1_tn()),
+                pct_ci(&x.supplementary[2].value),
+            ]
+        });
+        s.push('\n');
+        for h in &m.supplementary {
+            let _ = writeln!(s, "- **{}**: {}.", h.key, h.description);
+        }
+
         let _ = writeln!(
             s,
             "\n## Accuracy at each turn\n\n![accuracy against turn]({chart_file})\n"
         );
-        let mut header = String::from("| model |");
-        let mut rule = String::from("|---|");
-        for t in 1..=m.turns {
-            let _ = write!(header, " t{t} |");
-            rule.push_str("---|");
-        }
-        let _ = writeln!(s, "{header}\n{rule}");
-        for r in &self.models {
-            let _ = write!(s, "| {} |", r.name);
-            for p in &r.metrics.per_turn {
-                let _ = write!(s, " {} |", pct_ci(p));
-            }
-            s.push('\n');
-        }
+        let header: Vec<String> = (1..=m.turns).map(|t| format!("t{t}")).collect();
+        self.table(&mut s, &header, |r| {
+            r.metrics.per_turn.iter().map(pct_ci).collect()
+        });
+
         let _ = writeln!(
             s,
             "\n## Flips between consecutive turns\n\nPercent of all problems that went correct → \
              wrong / wrong → correct from turn t to t+1.\n"
         );
-        let mut header = String::from("| model |");
-        let mut rule = String::from("|---|");
-        for f in &m.flips {
-            let _ = write!(header, " t{}→t{} c→w / w→c |", f.from, f.to);
-            rule.push_str("---|");
-        }
-        let _ = writeln!(s, "{header}\n{rule}");
-        for r in &self.models {
-            let _ = write!(s, "| {} |", r.name);
-            for f in &r.metrics.flips {
-                let _ = write!(
-                    s,
-                    " {} / {} |",
-                    pct(&f.correct_to_wrong),
-                    pct(&f.wrong_to_correct)
-                );
-            }
-            s.push('\n');
-        }
+        let header: Vec<String> = m
+            .flips
+            .iter()
+            .map(|f| format!("t{}→t{} c→w / w→c", f.from, f.to))
+            .collect();
+        self.table(&mut s, &header, |r| {
+            r.metrics
+                .flips
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} / {}",
+                        pct(&f.correct_to_wrong),
+                        pct(&f.wrong_to_correct)
+                    )
+                })
+                .collect()
+        });
+
         let _ = writeln!(
             s,
             "\n## After the feedback: sequential turns against parallel samples\n\n\
-             Percent of next answers that are right, after a right and after a wrong answer: \
-             the next sequential turn (after \"incorrect\", always) / the next parallel \
-             sample (an independent draw). Sequential beats parallel at equal compute when \
-             the model fixes wrong answers more often than a fresh draw does and keeps right \
-             ones about as often.\n\n\
-             | model | right after right (seq / par) | right after wrong (seq / par) |\n\
-             |---|---|---|"
+             Percent of next answers that are right, and that differ from the previous answer, \
+             after a right and after a wrong answer: the next sequential turn (after \
+             \"incorrect\", always) / the next parallel sample (an independent draw). \
+             Sequential beats parallel at equal compute when the model fixes wrong answers more \
+             often than a fresh draw does and keeps right ones about as often. A model that \
+             tells its right answers from its wrong ones changes the wrong ones more often than \
+             the right ones; one that does not changes both alike.\n"
         );
-        for r in &self.models {
-            let t = &r.metrics.transitions;
-            let _ = writeln!(
-                s,
-                "| {} | {} / {} | {} / {} |",
-                r.name,
-                pct(&t.sequential_after_right),
-                pct(&t.parallel_after_right),
-                pct(&t.sequential_after_wrong),
-                pct(&t.parallel_after_wrong)
-            );
-        }
+        let header: Vec<String> = [
+            "right after right",
+            "right after wrong",
+            "changed after right",
+            "changed after wrong",
+        ]
+        .iter()
+        .map(|h| format!("{h} (seq / par)"))
+        .collect();
+        self.table(&mut s, &header, |r| {
+            let (t, c) = (&r.metrics.transitions, &r.metrics.changes);
+            [
+                (&t.sequential_after_right, &t.parallel_after_right),
+                (&t.sequential_after_wrong, &t.parallel_after_wrong),
+                (&c.sequential_after_right, &c.parallel_after_right),
+                (&c.sequential_after_wrong, &c.parallel_after_wrong),
+            ]
+            .iter()
+            .map(|(a, b)| format!("{} / {}", pct(a), pct(b)))
+            .collect()
+        });
+
         let _ = writeln!(
             s,
-            "\n## The paper's qualitative effects, checked on these numbers\n"
+            "\n## Paired tests\n\n\
+             McNemar's test on the same problems: exact binomial below {} discordant problems, \
+             continuity-corrected chi-square from there on; two-sided p. \"first only\" counts \
+             the problems where only the first outcome is right.\n\n\
+             | first | second | first only | second only | problems | test | p |\n\
+             |---|---|---|---|---|---|---|",
+            crate::metrics::MCNEMAR_EXACT_BELOW
+        );
+        for t in &self.tests {
+            let _ = writeln!(
+                s,
+                "| {} {} | {} {} | {} | {} | {} | {} | {} |",
+                t.first,
+                pct_f(t.first_value),
+                t.second,
+                pct_f(t.second_value),
+                t.test.first_only,
+                t.test.second_only,
+                t.test.pairs,
+                t.test.method.describe(),
+                p_value(t.test.p)
+            );
+        }
+
+        if let Some(rule) = &self.teacher_rule {
+            let gap = 100.0 * (rule.teacher_m1_t1 - rule.base_m1_t1);
+            let _ = writeln!(
+                s,
+                "\n## The teacher\n\n\
+                 Rule: the teacher's m1@t1 at least {:.0} points above the base's, decided from \
+                 the teacher's own scores only. {} m1@t1 {} vs {} {}: {gap:+.1} points: {}.",
+                rule.required_points,
+                rule.teacher,
+                pct_f(rule.teacher_m1_t1),
+                rule.base,
+                pct_f(rule.base_m1_t1),
+                if rule.met {
+                    "met"
+                } else {
+                    "**NOT met**: this teacher is too weak for the distillation arm"
+                }
+            );
+        }
+
+        let _ = writeln!(
+            s,
+            "\n## The paper's qualitative claims, checked on these numbers\n\n\
+             A claim that one figure beats another holds when the paired test rejects equality \
+             in that direction at 5%; a \"not below\" claim holds unless the test rejects it the \
+             other way.\n"
         );
         if self.effects.is_empty() {
             let _ = writeln!(
                 s,
-                "No effects to check: the report needs a baseline and at least one RISE model."
+                "No claims to check: the report needs at least one RISE arm (and a baseline for \
+                 the first-turn claims)."
             );
         }
-        for e in &self.effects {
-            let mark = if e.holds {
-                "holds"
-            } else {
-                "**does NOT hold**"
-            };
-            let _ = writeln!(s, "- {}: {mark} ({}).", e.claim, e.detail);
+        for arm in &self.arms {
+            let _ = writeln!(s, "### Arm `{}`: {}\n", arm.name, arm.kind.describe());
+            for e in self.effects.iter().filter(|e| e.arm == arm.name) {
+                let mark = if e.holds {
+                    "holds"
+                } else if e.direction {
+                    "**not shown** (the right direction, not significant at 5%)"
+                } else {
+                    "**does NOT hold**"
+                };
+                let _ = writeln!(s, "- {}: {mark} ({}).", e.claim, e.detail);
+            }
+            let checked = self.effects.iter().filter(|e| e.arm == arm.name).count();
+            let held = self
+                .effects
+                .iter()
+                .filter(|e| e.arm == arm.name && e.holds)
+                .count();
+            let _ = writeln!(s, "\n{held} of {checked} claims hold for `{}`.\n", arm.name);
         }
         let failed = self.effects.iter().filter(|e| !e.holds).count();
         if failed > 0 {
             let _ = writeln!(
                 s,
-                "\n{failed} of {} expected effects did not appear in this run. The numbers above \
+                "{failed} of {} expected effects did not appear in this run. The numbers above \
                  are reported as measured.",
                 self.effects.len()
             );
@@ -436,17 +892,19 @@ mod tests {
     use super::*;
     use crate::metrics::{compute, GradedAnswer, ProblemEval};
 
-    /// A model whose sequential chain gets `per_turn[t]` of 10 problems right at turn t, and
-    /// whose parallel samples get `par` right.
-    fn model(name: &str, per_turn: &[usize], par: usize) -> ModelResult {
-        let problems: Vec<ProblemEval> = (0..10)
+    /// A model on `n` problems whose sequential chain gets problem i right at turn t when
+    /// i < per_turn[t] (wrong answers all differ), and whose parallel samples 2..5 get problem i
+    /// right when i < par (sample 1 is the chain's turn 1; wrong parallel answers agree).
+    fn model_n(name: &str, n: usize, per_turn: &[usize], par: usize) -> ModelResult {
+        let problems: Vec<ProblemEval> = (0..n)
             .map(|i| ProblemEval {
-                prompt_id: i.to_string(),
+                prompt_id: format!("p{i}"),
                 parallel: (0..5)
                     .map(|j| {
                         let ok = if j == 0 { i < per_turn[0] } else { i < par };
+                        let wrong = if j == 0 { "w0" } else { "x" };
                         GradedAnswer {
-                            answer: Some(if ok { "1" } else { "x" }.into()),
+                            answer: Some(if ok { "1" } else { wrong }.into()),
                             correct: ok,
                         }
                     })
@@ -473,33 +931,174 @@ mod tests {
         }
     }
 
+    fn model(name: &str, per_turn: &[usize], par: usize) -> ModelResult {
+        model_n(name, 10, per_turn, par)
+    }
+
+    fn arm(name: &str, kind: ArmKind, models: &[&str]) -> Arm {
+        Arm {
+            name: name.into(),
+            kind,
+            models: models.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    /// Six models on 40 problems: base, teacher, one self-distillation iterate and two
+    /// distillation iterates.
+    fn six() -> Report {
+        let models = vec![
+            model_n("base", 40, &[10, 8, 8, 6, 6], 12),
+            model_n("teacher", 40, &[16, 16, 16, 16, 16], 20),
+            model_n("self_iter1", 40, &[14, 14, 14, 14, 14], 20),
+            model_n("self_iter2", 40, &[14, 14, 14, 14, 14], 20),
+            model_n("distill_iter1", 40, &[10, 20, 30, 30, 30], 12),
+            model_n("distill_iter2", 40, &[12, 25, 35, 35, 35], 12),
+        ];
+        Report::new(
+            "t".into(),
+            Some("base".into()),
+            Some("teacher".into()),
+            vec![
+                arm("self", ArmKind::SelfDistill, &["self_iter1", "self_iter2"]),
+                arm(
+                    "distill",
+                    ArmKind::Distill,
+                    &["distill_iter1", "distill_iter2"],
+                ),
+            ],
+            models,
+        )
+        .unwrap()
+    }
+
+    fn effect<'a>(r: &'a Report, claim: &str) -> &'a Effect {
+        r.effects
+            .iter()
+            .find(|e| e.claim.starts_with(claim))
+            .unwrap_or_else(|| panic!("no claim {claim:?} in {:#?}", r.effects))
+    }
+
     #[test]
-    fn effects_are_checked_and_failures_are_said() {
+    fn each_arm_is_checked_against_its_own_claims_with_paired_tests() {
+        let r = six();
+        // distill_iter1: m1@t5 30/40 against m1@t1 10/40, 20 vs 0 discordant: exact p = 2^-19.
+        let e = effect(&r, "distill_iter1: m1@t5 > m1@t1");
+        assert!(e.holds && e.direction, "{e:?}");
+        assert_eq!(e.arm, "distill");
+        assert!(
+            e.detail
+                .contains("exact binomial: 20 vs 0 discordant of 40 problems, p < 0.001"),
+            "{}",
+            e.detail
+        );
+        // ... and against m5@t1 12/40: 18 vs 0.
+        assert!(effect(&r, "distill_iter1: m1@t5 > m5@t1").holds);
+        // The base gains nothing over turns (8 vs 10).
+        let e = effect(&r, "base: m1@t5 not above m1@t1");
+        assert!(e.holds && e.direction);
+        // First turn: distill_iter1 equals the base (no discordant problem).
+        let e = effect(&r, "distill_iter1: m1@t1 not below base");
+        assert!(e.holds, "{e:?}");
+        assert!(e.detail.contains("0 vs 0 discordant"), "{}", e.detail);
+        // Iteration 2 over 1 on m1@t5: 35 vs 30, 5 vs 0 discordant: p = 2/32, not significant.
+        let e = effect(&r, "distill_iter2: m1@t5 > distill_iter1");
+        assert!(!e.holds && e.direction, "{e:?}");
+        assert!(
+            e.detail
+                .contains("5 vs 0 discordant of 40 problems, p = 0.06"),
+            "{}",
+            e.detail
+        );
+
+        // Self-distillation: the paper's weaker shape.
+        let e = effect(&r, "self_iter1: m1@t1 > base");
+        assert!(
+            !e.holds && e.direction,
+            "14 vs 10: 4 vs 0, p = 0.125: {e:?}"
+        );
+        let e = effect(&r, "self_iter1: m1@t5 > m1@t1");
+        assert!(!e.holds && !e.direction, "{e:?}");
+        let e = effect(&r, "self_iter1: m1@t5 < m5@t1");
+        assert!(e.holds, "14 vs 20: 0 vs 6, p = 2/64: {e:?}");
+        assert!(e.detail.contains("p = 0.031"), "{}", e.detail);
+        // Self-distillation claims are not the headline ones.
+        assert!(!r
+            .effects
+            .iter()
+            .any(|e| e.claim.starts_with("self_iter1: m1@t5 > m5@t1")));
+        assert!(r
+            .effects
+            .iter()
+            .all(|e| e.arm == "self" || e.arm == "distill"));
+
+        // Paired tests: 2 within each of 6 models, 5 against the base, 1 per arm's iterations.
+        assert_eq!(r.tests.len(), 12 + 5 + 2);
+        let rule = r.teacher_rule.as_ref().unwrap();
+        assert!(rule.met, "40% vs 25% is 15 points: {rule:?}");
+
+        let md = r.markdown("accuracy.png");
+        for text in [
+            "### Arm `self`: self-distillation",
+            "### Arm `distill`: distillation",
+            "**not shown** (the right direction",
+            "**does NOT hold**",
+            "## Paired tests",
+            "## The teacher",
+            "+15.0 points: met",
+            "changed after wrong (seq / par)",
+            "m1@t5 tie rate",
+            "m1@t5 earliest-wins",
+            "pass@5 parallel",
+        ] {
+            assert!(md.contains(text), "report.md lacks {text:?}:\n{md}");
+        }
+        // Every model has a row in every per-model table: headline, ties, turns, flips, feedback.
+        for m in &r.models {
+            let rows = md
+                .lines()
+                .filter(|l| l.starts_with(&format!("| {} |", m.name)))
+                .count();
+            assert_eq!(rows, 5, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn a_weak_teacher_is_said_to_be_too_weak() {
+        let models = vec![
+            model_n("base", 40, &[10, 8, 8, 6, 6], 12),
+            model_n("teacher", 40, &[13, 13, 13, 13, 13], 12),
+        ];
+        let r = Report::new(
+            "t".into(),
+            Some("base".into()),
+            Some("teacher".into()),
+            vec![],
+            models,
+        )
+        .unwrap();
+        assert!(!r.teacher_rule.as_ref().unwrap().met);
+        assert!(r.markdown("a.png").contains("+7.5 points: **NOT met**"));
+        assert!(r.effects.is_empty());
+    }
+
+    #[test]
+    fn without_declared_arms_the_iterates_get_the_headline_claims() {
         let models = vec![
             model("base", &[4, 3, 3, 2, 2], 4),
             model("iter1", &[4, 6, 7, 7, 7], 5),
             model("iter2", &[5, 5, 5, 5, 5], 5),
         ];
-        let r = Report::new("t".into(), Some("base".into()), models);
-        let get = |claim: &str| {
-            r.effects
-                .iter()
-                .find(|e| e.claim.starts_with(claim))
-                .unwrap()
-        };
-        assert!(get("iter1: m1@t5 > m1@t1").holds);
-        assert!(!get("iter2: m1@t5 > m1@t1").holds);
-        assert!(get("base: m1@t5 does not exceed").holds);
-        assert!(get("iter1: the gain over turns").holds); // +30 vs -10 points
-                                                          // A flat curve still beats a base that loses 10 points over turns.
-        assert_eq!(
-            get("iter2: the gain over turns").detail,
-            "+0.0 vs -10.0 points"
-        );
-        assert!(get("iter2: the gain over turns").holds);
-        assert!(!get("iter2 ≥ iter1").holds);
+        let arms = vec![arm("rise", ArmKind::Unspecified, &["iter1", "iter2"])];
+        let r = Report::new("t".into(), Some("base".into()), None, arms, models).unwrap();
+        // iter1: m1@t5 7 vs m1@t1 4, 3 vs 0 discordant: right direction, p = 0.25.
+        let e = effect(&r, "iter1: m1@t5 > m1@t1");
+        assert!(e.direction && !e.holds, "{e:?}");
+        assert!(!effect(&r, "iter2: m1@t5 > m1@t1").direction);
+        assert!(effect(&r, "base: m1@t5 not above").holds);
+        let e = effect(&r, "iter2: m1@t5 > iter1");
+        assert!(!e.direction && !e.holds);
         let md = r.markdown("accuracy.png");
-        assert!(md.contains("**does NOT hold**"));
+        assert!(md.contains("relabel source not declared"));
         assert!(md.contains("did not appear in this run"));
         for key in ["m1@t1", "m5@t1", "m1@t5", "p1@t5"] {
             assert!(md.contains(key), "{key}");
@@ -507,13 +1106,37 @@ mod tests {
     }
 
     #[test]
+    fn models_on_different_problems_are_not_paired() {
+        let models = vec![
+            model_n("base", 10, &[4, 3, 3, 2, 2], 4),
+            model_n("iter1", 12, &[4, 6, 7, 7, 7], 5),
+        ];
+        let e = Report::new("t".into(), Some("base".into()), None, vec![], models)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`iter1` and `base` cannot be paired: 12 problems against 10"),
+            "{e}"
+        );
+        let e = Report::new(
+            "t".into(),
+            Some("bsae".into()),
+            None,
+            vec![],
+            vec![model("base", &[1], 1)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("baseline `bsae` is not one of the evaluated models (base)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn writes_markdown_json_and_a_png() {
         let dir = tempfile::tempdir().unwrap();
-        let models = vec![
-            model("base", &[4, 3, 3, 2, 2], 4),
-            model("iter1", &[4, 6, 7, 7, 7], 5),
-        ];
-        let r = Report::new("RISE".into(), Some("base".into()), models);
+        let r = six();
         r.write(dir.path()).unwrap();
         let png = std::fs::read(dir.path().join("accuracy.png")).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -522,8 +1145,14 @@ mod tests {
                 .unwrap();
         // serde_json parses floats to within an ulp, so compare what the numbers mean.
         assert_eq!(back.effects, r.effects);
-        assert_eq!(back.models.len(), 2);
-        assert_eq!(back.models[1].metrics.m1_tn().successes, 7);
+        assert_eq!(back.arms, r.arms);
+        assert_eq!(back.models.len(), 6);
+        assert_eq!(back.models[4].metrics.m1_tn().successes, 30);
+        assert_eq!(
+            back.models[4].metrics.outcomes,
+            r.models[4].metrics.outcomes
+        );
+        assert_eq!(back.tests.len(), r.tests.len());
         // Same numbers, same bytes: the chart must be reproducible for the store's hashes.
         let dir2 = tempfile::tempdir().unwrap();
         r.write(dir2.path()).unwrap();

@@ -52,6 +52,17 @@ impl Verdict {
     pub fn is_correct(self) -> bool {
         self == Verdict::Correct
     }
+
+    /// The verdict of a grader's result.
+    pub fn of(v: &rise_data::grade::Verdict) -> Verdict {
+        if v.correct {
+            Verdict::Correct
+        } else if v.is_unparseable() {
+            Verdict::Unparsed
+        } else {
+            Verdict::Wrong
+        }
+    }
 }
 
 /// One turn of a trajectory.
@@ -103,8 +114,32 @@ impl Trajectory {
     /// with their feedback, cut to the context `window`. Sampling and relabelling both build
     /// their turn-t state with this, so the two can never disagree on it.
     pub fn next_state(&self, window: usize, system: &str) -> Vec<rise_data::conversation::Message> {
-        let previous: Vec<String> = self.attempts.iter().map(|a| a.response.clone()).collect();
+        self.state_before(self.attempts.len(), window, system)
+    }
+
+    /// The conversation before attempt `index` (0-based): what [`Trajectory::next_state`]
+    /// gave when that attempt was made. `train` checks stored conversations against it.
+    pub fn state_before(
+        &self,
+        index: usize,
+        window: usize,
+        system: &str,
+    ) -> Vec<rise_data::conversation::Message> {
+        let previous: Vec<String> = self.attempts[..index.min(self.attempts.len())]
+            .iter()
+            .map(|a| a.response.clone())
+            .collect();
         rise_data::conversation::build_messages(&self.question, &previous, window, system)
+    }
+
+    /// The system message the conversations were built with: turn 1's, if it has one ("" for
+    /// none). Relabelling keeps the learner's, whichever model answers.
+    pub fn system(&self) -> &str {
+        self.attempts
+            .first()
+            .and_then(|a| a.messages.first())
+            .filter(|m| m.role == Role::System)
+            .map_or("", |m| m.content.as_str())
     }
 
     /// Index of the first correct attempt, if any.

@@ -194,8 +194,9 @@ macro_rules! sampling_fields {
                 "window",
                 int(0, 64),
                 "2",
-                "context window k: keep the most recent k-1 attempts (0 = all); training and \
-                 evaluation must agree",
+                "context window k: a state keeps the system message, the original question, \
+                 then the most recent k-1 attempts each followed by its feedback (0 = all); \
+                 collection, training and evaluation must agree",
             ),
             Field::new(
                 "batch_size",
@@ -394,7 +395,8 @@ pub static SFT: KindSchema = KindSchema {
 
 pub static SAMPLE: KindSchema = KindSchema {
     kind: "sample",
-    version: 1,
+    // 2: the release's context window (the original question stays in front).
+    version: 2,
     execution: WORKER_GPU,
     required_inputs: &["policy", "prompts"],
     optional_inputs: &[],
@@ -433,7 +435,9 @@ pub static SAMPLE: KindSchema = KindSchema {
 
 pub static RELABEL: KindSchema = KindSchema {
     kind: "relabel",
-    version: 1,
+    // 2: the release's context window; `n` defaults to 1 from a teacher (the release's
+    // distillation: one sample per wrong state, kept whatever its reward).
+    version: 2,
     execution: WORKER_GPU,
     required_inputs: &["graded"],
     optional_inputs: &["policy", "teacher"],
@@ -445,11 +449,14 @@ pub static RELABEL: KindSchema = KindSchema {
             s[2],
             s[3],
             s[4],
-            Field::new(
+            Field::optional(
                 "n",
                 int(1, 1024),
-                "16",
-                "candidates drawn at each wrong state (best-of-N)",
+                "candidates drawn at each wrong state, the best by reward kept. Default: 16 \
+                 from `policy` (self-distillation, best-of-16); 1 from `teacher` (the \
+                 release's distillation: one teacher sample, kept whatever its reward and \
+                 weighted by exp(r / tau) in training). n > 1 with a teacher is best-of-N \
+                 from the teacher",
             ),
             Field::new(
                 "turns",
@@ -467,18 +474,21 @@ pub static RELABEL: KindSchema = KindSchema {
         ]
     },
     outputs: &["rollouts.json"],
-    about: "Best-of-N relabelling (RISE.md §4 step 3): for every graded trajectory whose last \
-            turn is wrong, draws `n` candidates at the next state from the learner (`policy`, \
-            self-distillation) or a `teacher` model (distillation), keeps the highest-reward \
-            non-degenerate one (ties: the first) and continues to `turns` turns. Resumes by \
-            shards.",
+    about: "Relabelling (RISE.md §4 step 3): for every graded trajectory whose last turn is \
+            wrong, draws `n` candidates at the next state from the learner (`policy`, \
+            self-distillation, default best-of-16) or a `teacher` model (distillation, default \
+            one sample kept whatever its reward, as the release does), keeps the \
+            highest-reward non-degenerate one (ties: the first), records its reward, and \
+            continues to `turns` turns. Resumes by shards.",
     validate: None,
     omit_when_absent: &[],
 };
 
 pub static TRAIN: KindSchema = KindSchema {
     kind: "train",
-    version: 1,
+    // 2: stored conversations are checked against the window rule; examples.json has
+    // `per_source` (examples, mean weight and reward of policy / self-distill / teacher turns).
+    version: 2,
     execution: WORKER_GPU,
     required_inputs: &["data", "model"],
     optional_inputs: &["base"],
@@ -532,7 +542,9 @@ pub static TRAIN: KindSchema = KindSchema {
 pub static EVALUATE: KindSchema = KindSchema {
     kind: "evaluate",
     // 2: metrics.json has `transitions` (right after right / wrong, sequential vs parallel).
-    version: 2,
+    // 3: the release's context window; tie rate, earliest-wins m1@tn, parallel pass@k, answer
+    // change rates and per-problem outcomes (for the report's paired tests).
+    version: 3,
     execution: WORKER_GPU,
     required_inputs: &["model", "data"],
     optional_inputs: &[],
@@ -566,8 +578,11 @@ pub static EVALUATE: KindSchema = KindSchema {
     outputs: &["metrics.json", "samples.jsonl"],
     about: "Every metric of RISE.md §6 for one model on a held-out set: m1@t1, m5@t1 \
             (self-consistency at equal compute), m1@t5 (majority over 5 sequential turns without \
-            an oracle), p1@t5 (oracle), accuracy per turn and flip rates, with 95% Wilson \
-            intervals.",
+            an oracle; ties to the most recent, with the tie rate and the earliest-wins figure), \
+            p1@t5 (oracle) beside parallel pass@5, accuracy per turn, flip rates, how often the \
+            next answer is right and how often it changes after a right / a wrong one \
+            (sequential turns against parallel samples), with 95% Wilson intervals; and each \
+            problem's outcomes, for paired tests between models.",
     validate: None,
     omit_when_absent: &[],
 };

@@ -1,4 +1,5 @@
-//! The `report` kind: every evaluated model side by side (markdown, PNG chart, JSON).
+//! The `report` kind: every evaluated model side by side (markdown, PNG chart, JSON), paired
+//! tests between them, and the paper's claims checked arm by arm.
 use rise_engine::{Execution, InputSpec, ParamError, Stage, StageContext, StageError};
 use serde_json::Value;
 
@@ -6,25 +7,32 @@ use crate::kinds::dataset::read_json;
 use crate::kinds::KindSchema;
 use crate::metrics::EvalMetrics;
 use crate::params::{get, Field, Ty};
-use crate::report::{ModelResult, Report};
+use crate::report::{Arm, ArmKind, ModelResult, Report};
 
 pub static SCHEMA: KindSchema = KindSchema {
     kind: "report",
     // 2: the "After the feedback" table.
-    version: 2,
+    // 3: ties, earliest-wins and pass@k, change rates, McNemar tests, arms and the teacher rule.
+    version: 3,
     execution: Execution::InProcess,
     required_inputs: &[],
     optional_inputs: &[],
     fields: &[
         Field::new("title", Ty::Str, "\"RISE: accuracy over turns\"", "the report's heading"),
         Field::new("baseline", Ty::Str, "\"base\"", "the input name of the model before RISE (the effects are checked against it)"),
-        Field::optional("order", Ty::StrList, "input names in report order (default: the baseline, then the rest by name); every input must be listed"),
+        Field::optional("order", Ty::StrList, "input names in report order (default: the baseline, the teacher, the self arm, the distill arm, then the rest by name); every input must be listed"),
+        Field::optional("teacher", Ty::Str, "the input name of the teacher's evaluation: reported beside the others, with the teacher rule (its m1@t1 at least 10 points above the baseline's)"),
+        Field::optional("self_arm", Ty::StrList, "input names of the self-distillation iterates, in iteration order: checked against the paper's self-distillation shape"),
+        Field::optional("distill_arm", Ty::StrList, "input names of the distillation iterates, in iteration order: checked against the paper's headline claims"),
     ],
     outputs: &["report.md", "report.json", "accuracy.png"],
     about: "Collects `evaluate` outputs wired under any input names (the names label the \
-            models) into `report.md` (tables with 95% intervals and a plain statement of which \
-            of the paper's effects appear), `accuracy.png` (accuracy against turn for every \
-            model) and `report.json`.",
+            models) into `report.md` (tables with 95% intervals, paired McNemar tests between \
+            metrics and between models on the same problems, and a plain statement, arm by arm, \
+            of which of the paper's claims hold), `accuracy.png` (accuracy against turn for \
+            every model) and `report.json`. Without `self_arm` and `distill_arm`, every input \
+            but the baseline and the teacher forms one arm checked against the paper's headline \
+            claims.",
     validate: None,
     omit_when_absent: &[],
 };
@@ -59,6 +67,69 @@ impl Stage for ReportStage {
         let title: String = get(&ctx.params, "title")?;
         let baseline: String = get(&ctx.params, "baseline")?;
         let order: Option<Vec<String>> = get(&ctx.params, "order")?;
+        let teacher: Option<String> = get(&ctx.params, "teacher")?;
+        let self_arm: Option<Vec<String>> = get(&ctx.params, "self_arm")?;
+        let distill_arm: Option<Vec<String>> = get(&ctx.params, "distill_arm")?;
+        let is_input = |field: &str, name: &str| {
+            if ctx.inputs.contains_key(name) {
+                Ok(())
+            } else {
+                Err(fail(&format!(
+                    "params.{field} names `{name}`, which is not an input"
+                )))
+            }
+        };
+        if let Some(t) = &teacher {
+            is_input("teacher", t)?;
+        }
+        let mut claimed: Vec<(&str, &String)> = Vec::new();
+        for (field, list) in [("self_arm", &self_arm), ("distill_arm", &distill_arm)] {
+            for name in list.iter().flatten() {
+                is_input(field, name)?;
+                if *name == baseline || Some(name) == teacher.as_ref() {
+                    return Err(fail(&format!(
+                        "params.{field} lists `{name}`, the baseline or the teacher: an arm holds RISE iterates"
+                    )));
+                }
+                if let Some((other, _)) = claimed.iter().find(|(_, n)| *n == name) {
+                    return Err(fail(&format!(
+                        "params.{field} lists `{name}`, which params.{other} lists too"
+                    )));
+                }
+                claimed.push((field, name));
+            }
+        }
+        let mut arms = Vec::new();
+        if let Some(models) = &self_arm {
+            arms.push(Arm {
+                name: "self".into(),
+                kind: ArmKind::SelfDistill,
+                models: models.clone(),
+            });
+        }
+        if let Some(models) = &distill_arm {
+            arms.push(Arm {
+                name: "distill".into(),
+                kind: ArmKind::Distill,
+                models: models.clone(),
+            });
+        }
+        // The rest, by name: one undeclared arm when no arm is declared (as before arms
+        // existed), else models reported without claims.
+        let rest: Vec<String> = ctx
+            .inputs
+            .keys()
+            .filter(|k| **k != baseline && Some(*k) != teacher.as_ref())
+            .filter(|k| !claimed.iter().any(|(_, n)| n == k))
+            .cloned()
+            .collect();
+        if arms.is_empty() && !rest.is_empty() {
+            arms.push(Arm {
+                name: "rise".into(),
+                kind: ArmKind::Unspecified,
+                models: rest.clone(),
+            });
+        }
         let names: Vec<String> = match order {
             Some(order) => {
                 for name in ctx.inputs.keys() {
@@ -67,23 +138,23 @@ impl Stage for ReportStage {
                     }
                 }
                 for name in &order {
-                    if !ctx.inputs.contains_key(name) {
-                        return Err(fail(&format!(
-                            "params.order lists `{name}`, which is not an input"
-                        )));
-                    }
+                    is_input("order", name)?;
                 }
                 order
             }
             None => {
-                let mut names: Vec<String> = ctx
-                    .inputs
-                    .keys()
-                    .filter(|k| **k != baseline)
-                    .cloned()
-                    .collect();
+                let mut names = Vec::new();
                 if ctx.inputs.contains_key(&baseline) {
-                    names.insert(0, baseline.clone());
+                    names.push(baseline.clone());
+                }
+                names.extend(teacher.iter().cloned());
+                for list in [&self_arm, &distill_arm].into_iter().flatten() {
+                    names.extend(list.iter().cloned());
+                }
+                for n in rest {
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
                 }
                 names
             }
@@ -91,8 +162,11 @@ impl Stage for ReportStage {
         let mut models = Vec::new();
         for name in names {
             let dir = &ctx.inputs[&name];
-            let metrics: EvalMetrics = read_json(&dir.join("metrics.json"))
-                .map_err(|e| fail(&format!("input `{name}` is not an evaluate output: {e}")))?;
+            let metrics: EvalMetrics = read_json(&dir.join("metrics.json")).map_err(|e| {
+                fail(&format!(
+                    "input `{name}` is not an evaluate output (version 3 or later): {e}"
+                ))
+            })?;
             models.push(ModelResult {
                 name,
                 source: String::new(),
@@ -100,7 +174,7 @@ impl Stage for ReportStage {
             });
         }
         let baseline = ctx.inputs.contains_key(&baseline).then_some(baseline);
-        let report = Report::new(title, baseline, models);
+        let report = Report::new(title, baseline, teacher, arms, models).map_err(|e| fail(&e))?;
         report.write(&ctx.out_dir).map_err(|e| fail(&e))?;
         let held = report.effects.iter().filter(|e| e.holds).count();
         ctx.metric("effects_holding", Value::from(held));

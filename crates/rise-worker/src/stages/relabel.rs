@@ -1,12 +1,13 @@
-//! The `relabel` kind: best-of-N at every wrong state, from the learner or a teacher
-//! (RISE.md §4 step 3).
-use rise_data::conversation::Role;
-use rise_data::grade::{grade, Rewards};
+//! The `relabel` kind: at every wrong state, best-of-N from the learner (self-distillation) or
+//! one teacher sample kept whatever its reward (distillation, as the release does; best-of-N from
+//! the teacher with an explicit `n`). RISE.md §4 step 3; the rules live in
+//! `rise_stages::select::relabel`, this file supplies the sampler.
+use rise_data::grade::Rewards;
 use rise_stages::kinds::dataset::{read_json, write_json};
 use rise_stages::params::get;
 use rise_stages::rise_engine::{StageContext, StageError};
-use rise_stages::rollout::{self, Attempt, RolloutsMeta, Source, Trajectory, Verdict, META_FILE};
-use rise_stages::select::best_of_n;
+use rise_stages::rollout::{self, RolloutsMeta, Source, Trajectory, META_FILE};
+use rise_stages::select::{default_n, relabel, RelabelCounts, RelabelOptions};
 
 use super::common::{fail, load_model, set_threads};
 use super::gen::{respond, stream, Counts, Request, Sampling};
@@ -36,12 +37,25 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         ));
     }
     let s = Sampling::from_params(&ctx.params, &loaded)?;
-    let n: usize = get(&ctx.params, "n")?;
-    let turns: usize = get(&ctx.params, "turns")?;
+    if s.window != meta.window && trajectories.iter().any(|t| t.attempts.len() > 1) {
+        // Every turn of a trajectory must be built by the same rule, or train refuses it (a
+        // turn-1 state is the same whatever the window).
+        return Err(f(&format!(
+            "params.window = {} but input `graded` was sampled with window {}: use the same window",
+            s.window, meta.window
+        )));
+    }
+    let opts = RelabelOptions {
+        n: get::<Option<usize>>(&ctx.params, "n")?.unwrap_or(default_n(source)),
+        turns: get(&ctx.params, "turns")?,
+        window: s.window,
+        source,
+        task: meta.task,
+        rewards: get::<Rewards>(&ctx.params, "rewards")?,
+    };
     let shard_size: usize = get(&ctx.params, "shard_size")?;
-    let rewards: Rewards = get(&ctx.params, "rewards")?;
     let mut counts = Counts::default();
-    let (mut kept, mut improved) = (0usize, 0usize);
+    let mut total = RelabelCounts::default();
     let start = std::time::Instant::now();
     let all = run_sharded(
         ctx,
@@ -50,88 +64,20 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         "trajectories",
         |_shard, range| {
             let mut trajs: Vec<Trajectory> = trajectories[range].to_vec();
-            // Conversations keep the learner's format (its system message from the rollouts),
-            // whichever model fills them in.
-            let system: Vec<String> = trajs
-                .iter()
-                .map(|t| {
-                    t.attempts
-                        .first()
-                        .and_then(|a| a.messages.first())
-                        .filter(|m| m.role == Role::System)
-                        .map(|m| m.content.clone())
-                        .unwrap_or_default()
-                })
-                .collect();
-            let mut stalled = vec![false; trajs.len()];
-            for turn in 2..=turns {
-                let open: Vec<usize> = (0..trajs.len())
-                    .filter(|&i| {
-                        let t = &trajs[i];
-                        !stalled[i]
-                            && t.attempts.len() == turn - 1
-                            && !t.attempts.iter().any(Attempt::is_correct)
-                    })
-                    .collect();
-                if open.is_empty() {
-                    break;
-                }
-                let requests: Vec<Request> = open
+            let done = relabel(&mut trajs, &opts, &mut |states, n| {
+                let requests: Vec<Request> = states
                     .iter()
-                    .map(|&i| {
-                        Request {
-                            messages: trajs[i].next_state(s.window, &system[i]),
-                            // Apart from the on-policy sample's streams of the same prompt and turn.
-                            stream: stream(&trajs[i].prompt_id, 1_000 + turn as u64),
-                        }
+                    .map(|st| Request {
+                        messages: st.messages.clone(),
+                        // Apart from the on-policy sample's streams of the same prompt and turn.
+                        stream: stream(&st.prompt_id, 1_000 + u64::from(st.turn)),
                     })
                     .collect();
-                let candidates = respond(ctx, &loaded, &requests, n, &s, ctx.seed, &mut counts)?;
-                for ((&i, req), cands) in open.iter().zip(requests).zip(candidates) {
-                    let messages = req.messages;
-                    let verdicts: Vec<_> = cands
-                        .iter()
-                        .map(|c| grade(meta.task, &trajs[i].gold, c, &rewards))
-                        .collect();
-                    let Some(best) = best_of_n(
-                        cands
-                            .iter()
-                            .map(String::as_str)
-                            .zip(verdicts.iter().map(|v| v.reward)),
-                    ) else {
-                        // Every candidate was degenerate: nothing worth training on at this state.
-                        stalled[i] = true;
-                        continue;
-                    };
-                    let v = &verdicts[best];
-                    let previous = trajs[i]
-                        .attempts
-                        .last()
-                        .and_then(|a| a.reward)
-                        .unwrap_or(f64::NEG_INFINITY);
-                    kept += 1;
-                    if v.reward > previous {
-                        improved += 1;
-                    }
-                    let verdict = if v.correct {
-                        Verdict::Correct
-                    } else if v.is_unparseable() {
-                        Verdict::Unparsed
-                    } else {
-                        Verdict::Wrong
-                    };
-                    trajs[i].attempts.push(Attempt {
-                        turn: turn as u32,
-                        messages,
-                        response: cands[best].clone(),
-                        source,
-                        candidates: n as u32,
-                        answer: v.pred_answer.clone(),
-                        verdict: Some(verdict),
-                        reward: Some(v.reward),
-                    });
-                }
-            }
+                respond(ctx, &loaded, &requests, n, &s, ctx.seed, &mut counts)
+            })?;
+            total.kept += done.kept;
+            total.improved += done.improved;
+            total.stalled += done.stalled;
             let secs = start.elapsed().as_secs_f64().max(1e-9);
             ctx.progress.set_message(&format!(
                 "{:.1} samples/s, {:.0} tokens/s",
@@ -152,12 +98,23 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     )?;
     let solved = all.iter().filter(|t| t.first_correct().is_some()).count();
     ctx.metric("solved", solved.into());
-    ctx.metric("relabelled_turns", kept.into());
+    ctx.metric("relabelled_turns", total.kept.into());
+    let from = match source {
+        Source::Teacher if opts.n == 1 => {
+            "one teacher sample per wrong state, kept whatever its reward".to_string()
+        }
+        Source::Teacher => format!("best of {} teacher samples", opts.n),
+        _ => format!("best of {} learner samples", opts.n),
+    };
     ctx.log(format!(
-        "{} trajectories, {} solved after relabelling; {kept} turns relabelled this run ({improved} improved the reward), \
-         {} candidates and {} tokens sampled",
+        "{} trajectories, {} solved after relabelling ({from}); {} turns relabelled this run \
+         ({} improved the reward, {} states had only degenerate candidates), {} candidates and \
+         {} tokens sampled",
         all.len(),
         solved,
+        total.kept,
+        total.improved,
+        total.stalled,
         counts.responses,
         counts.tokens
     ));

@@ -58,13 +58,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
                     let messages = req.messages;
                     let response = rs.pop().unwrap_or_default();
                     let v = grade(meta.task, &trajs[i].gold, &response, &rewards);
-                    let verdict = if v.correct {
-                        Verdict::Correct
-                    } else if v.is_unparseable() {
-                        Verdict::Unparsed
-                    } else {
-                        Verdict::Wrong
-                    };
+                    let verdict = Verdict::of(&v);
                     trajs[i].attempts.push(Attempt {
                         turn: turn as u32,
                         messages,

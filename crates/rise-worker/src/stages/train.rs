@@ -3,10 +3,10 @@ use std::collections::BTreeMap;
 
 use rise_data::conversation::{render_for_training, Message, Role};
 use rise_stages::examples::{build_examples, Criterion, ExampleOptions};
-use rise_stages::kinds::dataset::write_json;
+use rise_stages::kinds::dataset::{read_json, write_json};
 use rise_stages::params::get;
 use rise_stages::rise_engine::{StageContext, StageError};
-use rise_stages::rollout;
+use rise_stages::rollout::{self, RolloutsMeta, Source, META_FILE};
 use serde_json::json;
 
 use super::common::{fail, load_model, save_model, set_threads};
@@ -31,6 +31,8 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     let data = ctx.input("data")?;
     let trajectories =
         rollout::read_trajectories(data).map_err(|e| f(&format!("input `data`: {e}")))?;
+    let meta: RolloutsMeta =
+        read_json(&data.join(META_FILE)).map_err(|e| f(&format!("input `data`: {e}")))?;
     let criterion: String = get(&ctx.params, "criterion")?;
     let opts = ExampleOptions {
         criterion: criterion.parse::<Criterion>().map_err(|e| f(&e))?,
@@ -38,11 +40,14 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         dedup: get(&ctx.params, "dedup")?,
         shuffle: get(&ctx.params, "shuffle")?,
         seed: ctx.seed,
+        window: meta.window,
     };
     let built =
         build_examples(&trajectories, &opts).map_err(|e| f(&format!("input `data`: {e}")))?;
     let mut examples = Vec::with_capacity(built.len());
     let mut by_turn: BTreeMap<u32, (usize, f64)> = BTreeMap::new();
+    // Per source: examples, summed weight, summed reward.
+    let mut by_source: BTreeMap<&'static str, (usize, f64, f64)> = BTreeMap::new();
     for e in &built {
         let mut messages: Vec<Message> = e.messages.clone();
         messages.push(Message::new(Role::Assistant, e.response.clone()));
@@ -51,6 +56,12 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         let entry = by_turn.entry(e.turn).or_insert((0, 0.0));
         entry.0 += 1;
         entry.1 += e.weight;
+        let entry = by_source
+            .entry(source_name(e.source))
+            .or_insert((0, 0.0, 0.0));
+        entry.0 += 1;
+        entry.1 += e.weight;
+        entry.2 += e.reward;
         examples.push(TrainExample {
             ids,
             loss_mask: mask,
@@ -69,6 +80,12 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         .iter()
         .map(|(t, (n, w))| json!({"turn": t, "examples": n, "mean_weight": w / *n as f64}))
         .collect();
+    let sources: Vec<_> = by_source
+        .iter()
+        .map(|(s, (n, w, r))| {
+            json!({"source": s, "examples": n, "mean_weight": w / *n as f64, "mean_reward": r / *n as f64})
+        })
+        .collect();
     ctx.log(format!(
         "{} examples from {} trajectories ({} criterion, tau {})",
         examples.len(),
@@ -81,8 +98,17 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     save_model(&ctx.out_dir, &loaded)?;
     write_json(
         &ctx.out_dir.join("examples.json"),
-        &json!({"examples": n_examples, "dropped_too_long": too_long, "per_turn": turns,
+        &json!({"examples": n_examples, "dropped_too_long": too_long, "per_turn": turns, "per_source": sources,
                 "started_from": start, "training": {"steps": summary.steps, "final_loss": summary.final_loss}}),
     )?;
     Ok(())
+}
+
+/// The name `examples.json` gives a source (as in the rollouts).
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Policy => "policy",
+        Source::SelfDistill => "self_distill",
+        Source::Teacher => "teacher",
+    }
 }
