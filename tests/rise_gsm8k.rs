@@ -46,6 +46,15 @@ fn gsm8k_pipeline_runs_with_a_tiny_hf_checkpoint_on_a_20_problem_slice() {
     let env = env_with(&text);
     let summary = env.run_ok(&["--device", "cpu"]);
     let st = states(&summary);
+    // A stage whose key another stage of this run executed takes that result ("cached"): with
+    // a random bf16 checkpoint, a few steps at lr 1e-5 can leave every stored weight as it
+    // was, so iter2 may repeat iter1's keys exactly.
+    let executed_twin = |stage: &str| {
+        let all = summary["stages"].as_array().unwrap();
+        let key = &all.iter().find(|s| s["stage"] == stage).unwrap()["key"];
+        all.iter()
+            .any(|s| s["stage"] != stage && s["key"] == *key && s["state"] == "executed")
+    };
     for stage in [
         "base",
         "eval_base",
@@ -55,9 +64,9 @@ fn gsm8k_pipeline_runs_with_a_tiny_hf_checkpoint_on_a_20_problem_slice() {
         "report",
         "export",
     ] {
-        assert_eq!(
-            st.get(stage).map(String::as_str),
-            Some("executed"),
+        let state = st.get(stage).map(String::as_str);
+        assert!(
+            state == Some("executed") || (state == Some("cached") && executed_twin(stage)),
             "{stage}: {summary}"
         );
     }
