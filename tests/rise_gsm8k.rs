@@ -46,9 +46,9 @@ fn gsm8k_pipeline_runs_with_a_tiny_hf_checkpoint_on_a_20_problem_slice() {
     let env = env_with(&text);
     let summary = env.run_ok(&["--device", "cpu"]);
     let st = states(&summary);
-    // A stage whose key another stage of this run executed takes that result ("cached"): with
-    // a random bf16 checkpoint, a few steps at lr 1e-5 can leave every stored weight as it
-    // was, so iter2 may repeat iter1's keys exactly.
+    // A stage whose key another stage of this run executed takes that result ("cached"): on
+    // 20 problems an iteration trains one step (effective batch 64), and that step is the 4%
+    // warm-up's first, at lr 0, so iter1's model is the base's and iter2 repeats iter1's keys.
     let executed_twin = |stage: &str| {
         let all = summary["stages"].as_array().unwrap();
         let key = &all.iter().find(|s| s["stage"] == stage).unwrap()["key"];
