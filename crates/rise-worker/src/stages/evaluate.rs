@@ -1,4 +1,5 @@
-//! The `evaluate` kind: every metric of RISE.md §6 for one model on a held-out set.
+//! The `evaluate` kind: every metric of RISE.md §6 for one model on a held-out set. States are
+//! built by rise-data's one window rule (`build_messages`), as in collection and training.
 use rise_data::conversation::build_messages;
 use rise_data::grade::{answers_equivalent, grade, Rewards};
 use rise_stages::kinds::dataset::write_json;
@@ -90,10 +91,19 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
     write_jsonl(&ctx.out_dir.join("samples.jsonl"), &samples).map_err(|e| f(&e))?;
     let mut line = Vec::new();
-    for h in &metrics.headline {
+    for h in metrics.headline.iter().chain(&metrics.supplementary) {
         ctx.metric(&h.key, h.value.value.into());
         line.push(format!("{} {:.1}%", h.key, 100.0 * h.value.value));
     }
+    let c = &metrics.changes;
+    line.push(format!(
+        "answer changed after right / wrong: {:.1}% / {:.1}% over turns, {:.1}% / {:.1}% between \
+         parallel samples",
+        100.0 * c.sequential_after_right.value,
+        100.0 * c.sequential_after_wrong.value,
+        100.0 * c.parallel_after_right.value,
+        100.0 * c.parallel_after_wrong.value
+    ));
     for (t, p) in metrics.per_turn.iter().enumerate() {
         ctx.metric(&format!("acc@t{}", t + 1), p.value.into());
     }
