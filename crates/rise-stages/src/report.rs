@@ -439,19 +439,23 @@ fn check(
                 }
             }
         }
-        // Another iteration helps further (both shapes: the paper's iteration 2 is above 1).
+        // Each iteration against the one before on the turns' vote; "a second iteration helps
+        // further" is a claim of the distillation rows only (RISE.md §7 gives the
+        // self-distillation arm no such claim), so there it is a test without a claim.
         for pair in members.windows(2) {
             let (prev, next) = (pair[0], pair[1]);
             let [_, _, tn, _] = keys(next);
             let t = between(next, prev, &tn)?;
-            effects.push(above(
-                a,
-                format!(
-                    "{}: {tn} > {} (another iteration helps further)",
-                    next.name, prev.name
-                ),
-                &t,
-            ));
+            if arm.kind != ArmKind::SelfDistill {
+                effects.push(above(
+                    a,
+                    format!(
+                        "{}: {tn} > {} (another iteration helps further)",
+                        next.name, prev.name
+                    ),
+                    &t,
+                ));
+            }
             tests.push(t);
         }
     }
@@ -1021,6 +1025,15 @@ mod tests {
         let e = effect(&r, "self_iter1: m1@t5 < m5@t1");
         assert!(e.holds, "14 vs 20: 0 vs 6, p = 2/64: {e:?}");
         assert!(e.detail.contains("p = 0.031"), "{}", e.detail);
+        // Self-distillation has no iteration claim (its paired test is still run).
+        assert!(!r
+            .effects
+            .iter()
+            .any(|e| e.claim.starts_with("self_iter2: m1@t5 > self_iter1")));
+        assert!(r
+            .tests
+            .iter()
+            .any(|t| t.first == "self_iter2 m1@t5" && t.second == "self_iter1 m1@t5"));
         // Self-distillation claims are not the headline ones.
         assert!(!r
             .effects
