@@ -34,7 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (cfg, model) = checkpoint::load(&dir, Device::Cpu, Kind::Float)?;
     let tok = Tokenizer::from_dir(&dir)?;
     if tok.eos_token_id().is_some() || !cfg.eos_token_ids.is_empty() {
-        return Err(format!("{}: names an EOS token; rows would stop early", dir.display()).into());
+        return Err(format!(
+            "{}: names an EOS token; rows would stop early",
+            dir.display()
+        )
+        .into());
     }
     let prompt = tok.encode_with(&prompt_text, false)?;
     let params = SamplingParams {
