@@ -80,12 +80,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut stop = args.stop.clone();
     let mut rendered: Vec<String> = Vec::new();
     let prompts: Vec<Vec<u32>> = if args.chat {
-        let template = tokenizer.chat_template().with_context(|| {
-            format!(
-                "--chat: the chat template of {}",
-                args.model.model.display()
-            )
-        })?;
+        // The error names the model directory and what was looked for.
+        let template = tokenizer.chat_template().context("--chat")?;
         for s in template.stop_strings() {
             if !stop.contains(&s) {
                 stop.push(s);
