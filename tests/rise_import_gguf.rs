@@ -330,3 +330,66 @@ fn existing_model_stage_keys_are_unchanged() {
         ]
     );
 }
+
+/// `pipelines/gsm8k-smollm2.toml` plans as written (its GGUF swapped for the tiny fixture, its
+/// data paths made absolute): both arms, each relabelled by the right model.
+#[test]
+fn the_smollm2_pipeline_plans_both_arms() {
+    let data = rise_common::root().join("../shared/data/gsm8k");
+    if !data.join("test.jsonl").exists() {
+        eprintln!("skipping: {} is missing", data.display());
+        return;
+    }
+    let text = std::fs::read_to_string(rise_common::root().join("pipelines/gsm8k-smollm2.toml"))
+        .expect("pipelines/gsm8k-smollm2.toml");
+    let swap = |text: String, from: &str, to: String| {
+        assert!(
+            text.contains(from),
+            "gsm8k-smollm2.toml no longer contains {from}"
+        );
+        text.replace(from, &to)
+    };
+    let text = swap(
+        text,
+        "gguf = \"../checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf\"",
+        format!("gguf = {:?}", fixture("tiny.gguf").display().to_string()),
+    );
+    let text = swap(
+        text,
+        "path = \"../../shared/data/gsm8k/",
+        format!("path = \"{}/", data.display()),
+    );
+    let env = env_with(&text);
+    let out = env.rise(&["plan", "PIPELINE", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages: Vec<&str> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    for arm in ["self", "distill"] {
+        for iter in [1, 2] {
+            for stage in ["sample", "grade", "relabel", "train", "evaluate"] {
+                let name = format!("{arm}.iter{iter}.{stage}");
+                assert!(
+                    stages.contains(&name.as_str()),
+                    "{name} missing: {stages:?}"
+                );
+            }
+        }
+    }
+    assert!(stages.contains(&"eval_base") && stages.contains(&"report"));
+    for wiring in [
+        "inputs = { graded = \"distill.iter1.grade\", teacher = \"base\" }",
+        "inputs = { graded = \"distill.iter2.grade\", teacher = \"base\" }",
+        "inputs = { graded = \"self.iter2.grade\", policy = \"self.iter1.train\" }",
+    ] {
+        assert!(text.contains(wiring), "{wiring}");
+    }
+    assert!(
+        text.contains("test.jsonl\", limit = 100 }"),
+        "the 100-problem test slice"
+    );
+}
