@@ -15,6 +15,19 @@
 //! config; they are written to a temporary directory and renamed, then published through a
 //! `latest` file that is itself replaced atomically. On the CPU, N steps + resume + N steps
 //! gives byte-identical weights to 2N uninterrupted steps.
+//!
+//! Data parallel ([`Trainer::new_data_parallel`], one process per rank over a
+//! [`rise_dist::ProcessGroup`]): every rank takes a disjoint contiguous slice of each global
+//! batch (the global batch is the single-process one, so `devices` changes no step), scales its
+//! loss by the *global* example count, and after backward the flat gradient buffer (with the
+//! step's loss and token count appended) is summed by one all-reduce: the result is the
+//! gradient of the global mean loss, as in one process up to fp32 summation order. Clipping and
+//! AdamW then run identically on every rank. With `zero`, each rank keeps the AdamW moments of
+//! its `1/world` slice of the (padded) flat buffer only, updates that slice of the weights, and
+//! an all-gather assembles the weights: AdamW is elementwise, so this gives byte-identical
+//! weights to `zero = false`. Rank 0 writes checkpoints; with `zero` every rank writes its
+//! moment shard into the same checkpoint directory between two barriers. A checkpoint of either
+//! form resumes a run of any world size or `zero` setting (the moments are reassembled).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +38,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+
+use rise_dist::ProcessGroup;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::llama::Model;
@@ -176,6 +191,9 @@ pub enum TrainError {
     /// A libtorch call failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A collective failed (typically: another rank died).
+    #[error("data parallel: {0}")]
+    Dist(#[from] rise_dist::DistError),
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> TrainError {
@@ -198,26 +216,62 @@ struct TrainerState {
     data_fingerprint: String,
     config: TrainConfig,
     last_loss: f64,
+    /// 0: the moments are in `optimizer.safetensors` (per parameter); n > 0: in n flat shards
+    /// `optimizer.rank-R-of-N.safetensors` (data parallel with `zero`).
+    #[serde(default)]
+    optimizer_shards: usize,
+}
+
+/// Data-parallel training over a c10d process group (one process per rank).
+#[derive(Clone, Copy)]
+pub struct DataParallel<'g> {
+    /// The group; its size is the number of ranks sharing each global batch.
+    pub group: &'g ProcessGroup,
+    /// ZeRO stage 1: each rank keeps the AdamW moments of its slice of the weights only.
+    pub zero: bool,
+}
+
+/// The shard file of rank `rank` of `world`.
+fn shard_file(rank: usize, world: usize) -> String {
+    format!("optimizer.rank-{rank}-of-{world}.safetensors")
 }
 
 /// The trainer's flat buffers: parameters, gradients gathered per step, AdamW moments.
 struct FlatState {
+    /// Every parameter, then zeros up to a multiple of the world size (so that the buffer
+    /// splits into equal shards for the all-gather; the padding's gradient is zero, so AdamW
+    /// leaves it at zero).
     params: Tensor,
+    /// The moments of the whole buffer, or with `zero` of this rank's shard only.
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     /// `(offset, shape)` of each parameter in the buffers.
     layout: Vec<(i64, Vec<i64>)>,
+    /// Elements of real parameters (the buffer holds `padded`).
+    total: i64,
+    padded: i64,
+    /// The moments cover `shard_start..shard_start + shard_len` of the buffer.
+    shard_start: i64,
+    shard_len: i64,
 }
 
 impl FlatState {
     /// Moves every parameter into one buffer and makes it a view of its segment
     /// (`set_data` keeps the variable, so the model and the `VarStore` see the move).
-    fn adopt(params: &mut [(String, Tensor)]) -> FlatState {
+    /// `(rank, world, zero)` size the padding and the moments.
+    fn adopt(params: &mut [(String, Tensor)], rank: usize, world: usize, zero: bool) -> FlatState {
         let total: i64 = params.iter().map(|(_, p)| p.numel() as i64).sum();
+        let world = world.max(1) as i64;
+        let padded = (total + world - 1) / world * world;
+        let (shard_start, shard_len) = if zero {
+            (rank as i64 * (padded / world), padded / world)
+        } else {
+            (0, padded)
+        };
         let opts = params
             .first()
             .map_or((Kind::Float, Device::Cpu), |(_, p)| (p.kind(), p.device()));
-        let flat = Tensor::zeros([total], opts);
+        let flat = Tensor::zeros([padded], opts);
         let mut layout = Vec::with_capacity(params.len());
         let mut offset = 0;
         tch::no_grad(|| {
@@ -232,11 +286,20 @@ impl FlatState {
             }
         });
         FlatState {
-            exp_avg: flat.zeros_like(),
-            exp_avg_sq: flat.zeros_like(),
+            exp_avg: Tensor::zeros([shard_len], opts),
+            exp_avg_sq: Tensor::zeros([shard_len], opts),
             params: flat,
             layout,
+            total,
+            padded,
+            shard_start,
+            shard_len,
         }
+    }
+
+    /// Whether the moments cover the whole buffer.
+    fn full_moments(&self) -> bool {
+        self.shard_len == self.padded
     }
 
     /// Parameter `i`'s segment of `buffer`, shaped like the parameter.
@@ -249,8 +312,10 @@ impl FlatState {
     /// The gradients as one flat tensor (one copy). A parameter without a gradient
     /// contributes zeros, so weight decay and momentum still move it, where torch would skip
     /// it; every Llama parameter takes part in every forward, so this does not arise.
-    fn gather_grads(&self, params: &[(String, Tensor)]) -> Tensor {
-        let parts: Vec<Tensor> = params
+    /// `extra` values are appended after the padding (the data-parallel all-reduce carries
+    /// the step's loss and token count with the gradient).
+    fn gather_grads(&self, params: &[(String, Tensor)], extra: &[f32]) -> Tensor {
+        let mut parts: Vec<Tensor> = params
             .iter()
             .map(|(_, p)| {
                 let g = p.grad();
@@ -261,6 +326,19 @@ impl FlatState {
                 }
             })
             .collect();
+        if self.padded > self.total {
+            parts.push(Tensor::zeros(
+                [self.padded - self.total],
+                (self.params.kind(), self.params.device()),
+            ));
+        }
+        if !extra.is_empty() {
+            parts.push(
+                Tensor::from_slice(extra)
+                    .to_kind(self.params.kind())
+                    .to_device(self.params.device()),
+            );
+        }
         Tensor::cat(&parts, 0)
     }
 }
@@ -284,6 +362,8 @@ pub struct Trainer<'a> {
     fingerprint: String,
     /// Cached permutation of the current epoch.
     order: (usize, Vec<usize>),
+    /// Data parallel: the group and whether moments are sharded.
+    parallel: Option<DataParallel<'a>>,
 }
 
 fn fingerprint(examples: &[TrainExample], config: &TrainConfig) -> String {
@@ -315,6 +395,26 @@ impl<'a> Trainer<'a> {
         model: &'a mut Model,
         config: TrainConfig,
         examples: Vec<TrainExample>,
+    ) -> Result<Self, TrainError> {
+        Self::build(model, config, examples, None)
+    }
+
+    /// A fresh run as one rank of `parallel.group`. Every rank must pass the same config and
+    /// examples and a model with the same weights (each loads the same checkpoint).
+    pub fn new_data_parallel(
+        model: &'a mut Model,
+        config: TrainConfig,
+        examples: Vec<TrainExample>,
+        parallel: DataParallel<'a>,
+    ) -> Result<Self, TrainError> {
+        Self::build(model, config, examples, Some(parallel))
+    }
+
+    fn build(
+        model: &'a mut Model,
+        config: TrainConfig,
+        examples: Vec<TrainExample>,
+        parallel: Option<DataParallel<'a>>,
     ) -> Result<Self, TrainError> {
         if config.batch_size == 0 {
             return Err(invalid("batch_size", "must be at least 1"));
@@ -393,7 +493,10 @@ impl<'a> Trainer<'a> {
                 ));
             }
         }
-        let flat = FlatState::adopt(&mut params);
+        let (rank, world, zero) = parallel.map_or((0, 1, false), |p| {
+            (p.group.rank(), p.group.world(), p.zero && p.group.world() > 1)
+        });
+        let flat = FlatState::adopt(&mut params, rank, world, zero);
         let fingerprint = fingerprint(&examples, &config);
         Ok(Trainer {
             model,
@@ -408,7 +511,20 @@ impl<'a> Trainer<'a> {
             checkpoint_dir: None,
             fingerprint,
             order: (usize::MAX, Vec::new()),
+            parallel: parallel.filter(|p| p.group.world() > 1),
         })
+    }
+
+    /// This process's rank and the world size (`(0, 1)` in one process).
+    pub fn rank_world(&self) -> (usize, usize) {
+        self.parallel
+            .map_or((0, 1), |p| (p.group.rank(), p.group.world()))
+    }
+
+    /// Elements of AdamW state this rank holds (both moments): with `zero`, `1/world` of the
+    /// single-process figure (up to the padding to a multiple of the world size).
+    pub fn optimizer_state_numel(&self) -> usize {
+        (self.flat.exp_avg.numel() + self.flat.exp_avg_sq.numel()) as usize
     }
 
     /// Checkpoints go to `dir`; if it already holds one for this exact run (same data and
@@ -539,8 +655,15 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let step = self.step;
         let positions = self.step_positions(step);
-        let indices: Vec<usize> = positions.map(|p| self.example_at(p)).collect();
-        let n_examples = indices.len() as f64;
+        let global: Vec<usize> = positions.map(|p| self.example_at(p)).collect();
+        // The loss is the mean over the *global* batch on every rank, so that the summed
+        // gradients are those of one process.
+        let n_examples = global.len() as f64;
+        let (rank, world) = self.rank_world();
+        // Rank r's disjoint contiguous slice; the last ranks' may be short or empty when the
+        // last step of an epoch holds fewer examples.
+        let chunk = global.len().div_ceil(world);
+        let indices = &global[(rank * chunk).min(global.len())..((rank + 1) * chunk).min(global.len())];
         for (_, p) in &mut self.params {
             let mut g = p.grad();
             if g.defined() {
@@ -554,7 +677,9 @@ impl<'a> Trainer<'a> {
             let (loss_sum, n_tok) = self.batch_loss(micro);
             let loss = loss_sum / n_examples;
             let value = loss.double_value(&[]);
-            if !value.is_finite() {
+            // A rank alone must not leave the group (the others would wait in the
+            // all-reduce): the reduced loss below is non-finite on every rank instead.
+            if !value.is_finite() && self.parallel.is_none() {
                 return Err(TrainError::NonFinite {
                     what: "loss",
                     value,
@@ -567,7 +692,28 @@ impl<'a> Trainer<'a> {
         }
         let lr = self.lr_at(step);
         let grad_norm = tch::no_grad(|| -> Result<f64, TrainError> {
-            let mut grad = self.flat.gather_grads(&self.params);
+            let mut grad = if let Some(p) = self.parallel {
+                // One all-reduce: the gradient, then this rank's loss and token count.
+                let mut buf = self
+                    .flat
+                    .gather_grads(&self.params, &[loss_total as f32, tokens as f32]);
+                p.group.all_reduce_sum(&mut buf)?;
+                let stats = Vec::<f64>::try_from(
+                    buf.narrow(0, self.flat.padded, 2).to_kind(Kind::Double).to_device(Device::Cpu),
+                )?;
+                loss_total = stats[0];
+                tokens = stats[1].round() as usize;
+                if !loss_total.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        what: "loss",
+                        value: loss_total,
+                        step: step + 1,
+                    });
+                }
+                buf.narrow(0, 0, self.flat.padded)
+            } else {
+                self.flat.gather_grads(&self.params, &[])
+            };
             let norm = grad.square().sum(Kind::Float).sqrt().double_value(&[]);
             if !norm.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -580,7 +726,7 @@ impl<'a> Trainer<'a> {
                 // As torch.nn.utils.clip_grad_norm_.
                 let _ = grad.g_mul_scalar_(self.config.grad_clip / (norm + 1e-6));
             }
-            self.adamw(&grad, lr, step + 1);
+            self.adamw(&grad, lr, step + 1)?;
             Ok(norm)
         })?;
         self.step += 1;
@@ -600,17 +746,22 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// PyTorch's AdamW update for step `t` (1-based), on the flat buffers.
-    fn adamw(&mut self, grad: &Tensor, lr: f64, t: usize) {
+    /// PyTorch's AdamW update for step `t` (1-based), on the flat buffers: with `zero`, on
+    /// this rank's shard, then an all-gather of the weights.
+    fn adamw(&mut self, grad: &Tensor, lr: f64, t: usize) -> Result<(), TrainError> {
         let c = &self.config;
         let bc1 = 1.0 - c.beta1.powi(t as i32);
         let bc2 = 1.0 - c.beta2.powi(t as i32);
+        let sharded = !self.flat.full_moments();
+        let (start, len) = (self.flat.shard_start, self.flat.shard_len);
         let FlatState {
-            params: p,
+            params: full,
             exp_avg: m,
             exp_avg_sq: v,
             ..
         } = &mut self.flat;
+        let mut p = full.narrow(0, start, len);
+        let grad = &grad.narrow(0, start, len);
         if c.weight_decay != 0.0 {
             let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
         }
@@ -620,6 +771,13 @@ impl<'a> Trainer<'a> {
         let _ = v.g_add_(&(grad.square() * (1.0 - c.beta2)));
         let denom = v.sqrt() / bc2.sqrt() + c.eps;
         let _ = p.g_sub_(&(&*m / &denom * (lr / bc1)));
+        if sharded {
+            let group = self.parallel.expect("sharded moments imply a group").group;
+            // The input must not alias the output.
+            let mine = p.copy();
+            group.all_gather(full, &mine)?;
+        }
+        Ok(())
     }
 
     /// Trains to the end, calling `on_progress` after every step and checking `cancel`
@@ -669,17 +827,44 @@ impl<'a> Trainer<'a> {
             let path = path.to_path_buf();
             move |source| CheckpointError::Io { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (rank, world) = self.rank_world();
+        let sharded = !self.flat.full_moments();
         let name = format!("step-{:08}", self.step);
         let final_dir = dir.join(&name);
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        // One process: a temporary directory of its own. A group: one name every rank
+        // agrees on, since each writes its shard into it.
+        let tmp = if self.parallel.is_some() {
+            dir.join(format!(".{name}.tmp-group"))
+        } else {
+            dir.join(format!(".{name}.tmp-{}", std::process::id()))
+        };
+        if rank == 0 {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            }
+            std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        if let (true, Some(p)) = (sharded, self.parallel) {
+            // Rank 0 has made the directory; every shard is written before rank 0 publishes.
+            p.group.barrier()?;
+            let shard = [
+                ("exp_avg".to_string(), self.flat.exp_avg.to_device(Device::Cpu)),
+                ("exp_avg_sq".to_string(), self.flat.exp_avg_sq.to_device(Device::Cpu)),
+            ];
+            checkpoint::write_atomic(
+                &tmp.join(shard_file(rank, world)),
+                &checkpoint::safetensors_bytes(&shard)?,
+            )?;
+            p.group.barrier()?;
+        }
+        if rank != 0 {
+            // Every rank holds the same weights; rank 0 writes them.
+            return Ok(());
+        }
         checkpoint::save(&tmp, self.model, self.model.config())?;
         let mut moments: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
-        for (i, (name, _)) in self.params.iter().enumerate() {
+        for (i, (name, _)) in self.params.iter().enumerate().filter(|_| !sharded) {
             let (m, v) = (
                 self.flat.segment(&self.flat.exp_avg, i),
                 self.flat.segment(&self.flat.exp_avg_sq, i),
@@ -693,10 +878,12 @@ impl<'a> Trainer<'a> {
                 v.to_device(Device::Cpu).contiguous(),
             ));
         }
-        checkpoint::write_atomic(
-            &tmp.join("optimizer.safetensors"),
-            &checkpoint::safetensors_bytes(&moments)?,
-        )?;
+        if !sharded {
+            checkpoint::write_atomic(
+                &tmp.join("optimizer.safetensors"),
+                &checkpoint::safetensors_bytes(&moments)?,
+            )?;
+        }
         let state = TrainerState {
             step: self.step,
             total_steps: self.total_steps,
@@ -705,6 +892,7 @@ impl<'a> Trainer<'a> {
             data_fingerprint: self.fingerprint.clone(),
             config: self.config.clone(),
             last_loss: self.last_loss,
+            optimizer_shards: if sharded { world } else { 0 },
         };
         let json = serde_json::to_string_pretty(&state).expect("state serializes");
         checkpoint::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
@@ -717,7 +905,10 @@ impl<'a> Trainer<'a> {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
-                if n.starts_with("step-") && n != name {
+                // A group's temporary directories are named by step, not process: any left
+                // by a killed group is stale once a checkpoint is published.
+                let stale_tmp = self.parallel.is_some() && n.starts_with(".step-");
+                if (n.starts_with("step-") && n != name) || stale_tmp {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -746,22 +937,54 @@ impl<'a> Trainer<'a> {
             ));
         }
         let weights = checkpoint::read_safetensors(&path.join("model.safetensors"))?;
-        let moments = checkpoint::read_safetensors(&path.join("optimizer.safetensors"))?;
-        tch::no_grad(|| -> Result<(), TrainError> {
-            for (i, (name, p)) in self.params.iter_mut().enumerate() {
-                let get = |map: &BTreeMap<String, Tensor>, key: String| {
-                    map.get(&key)
-                        .map(Tensor::shallow_clone)
-                        .ok_or_else(|| mismatch(format!("tensor `{key}` missing")))
-                };
-                p.copy_(&get(&weights, name.clone())?);
+        let get = |map: &BTreeMap<String, Tensor>, key: String| {
+            map.get(&key)
+                .map(Tensor::shallow_clone)
+                .ok_or_else(|| mismatch(format!("tensor `{key}` missing")))
+        };
+        // The moments of the whole flat buffer, whichever form the checkpoint holds, so that
+        // a run of any world size and `zero` setting resumes any checkpoint of its run.
+        let opts = (self.flat.params.kind(), self.flat.params.device());
+        let (m_full, v_full) = (
+            Tensor::zeros([self.flat.padded], opts),
+            Tensor::zeros([self.flat.padded], opts),
+        );
+        if state.optimizer_shards == 0 {
+            let moments = checkpoint::read_safetensors(&path.join("optimizer.safetensors"))?;
+            for (i, (name, _)) in self.params.iter().enumerate() {
                 let (mut m, mut v) = (
-                    self.flat.segment(&self.flat.exp_avg, i),
-                    self.flat.segment(&self.flat.exp_avg_sq, i),
+                    self.flat.segment(&m_full, i),
+                    self.flat.segment(&v_full, i),
                 );
                 m.copy_(&get(&moments, format!("exp_avg.{name}"))?);
                 v.copy_(&get(&moments, format!("exp_avg_sq.{name}"))?);
             }
+        } else {
+            let n = state.optimizer_shards;
+            let (mut ms, mut vs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for r in 0..n {
+                let shard = checkpoint::read_safetensors(&path.join(shard_file(r, n)))?;
+                ms.push(get(&shard, "exp_avg".into())?);
+                vs.push(get(&shard, "exp_avg_sq".into())?);
+            }
+            let (m, v) = (Tensor::cat(&ms, 0), Tensor::cat(&vs, 0));
+            let total = self.flat.total;
+            if m.numel() < total as usize || v.numel() != m.numel() {
+                return Err(mismatch(format!(
+                    "{n} optimizer shards hold {} elements for {total} parameters",
+                    m.numel()
+                )));
+            }
+            m_full.narrow(0, 0, total).copy_(&m.narrow(0, 0, total));
+            v_full.narrow(0, 0, total).copy_(&v.narrow(0, 0, total));
+        }
+        tch::no_grad(|| -> Result<(), TrainError> {
+            for (name, p) in self.params.iter_mut() {
+                p.copy_(&get(&weights, name.clone())?);
+            }
+            let (start, len) = (self.flat.shard_start, self.flat.shard_len);
+            self.flat.exp_avg.copy_(&m_full.narrow(0, start, len));
+            self.flat.exp_avg_sq.copy_(&v_full.narrow(0, start, len));
             Ok(())
         })?;
         self.step = state.step;
