@@ -74,7 +74,12 @@ fn nccl_includes(torch_root: &Path, lib: &Path) -> Result<Vec<PathBuf>, String> 
     // `<site-packages>/torch` → `<site-packages>/nvidia/*/include`.
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(extra) = std::env::var("RISE_CUDA_INCLUDE") {
-        candidates.extend(extra.split(':').filter(|s| !s.is_empty()).map(PathBuf::from));
+        candidates.extend(
+            extra
+                .split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+        );
     }
     if let Ok(home) = std::env::var("CUDA_HOME") {
         candidates.push(PathBuf::from(home).join("include"));
@@ -93,7 +98,12 @@ fn nccl_includes(torch_root: &Path, lib: &Path) -> Result<Vec<PathBuf>, String> 
     candidates.push(PathBuf::from("/usr/local/cuda/include"));
     let find = |file: &str| candidates.iter().find(|d| d.join(file).is_file()).cloned();
     let mut dirs = Vec::new();
-    for file in ["cuda_runtime_api.h", "crt/host_config.h", "nv/target", "nccl.h"] {
+    for file in [
+        "cuda_runtime_api.h",
+        "crt/host_config.h",
+        "nv/target",
+        "nccl.h",
+    ] {
         match find(file) {
             Some(d) => {
                 if !dirs.contains(&d) {
@@ -102,8 +112,8 @@ fn nccl_includes(torch_root: &Path, lib: &Path) -> Result<Vec<PathBuf>, String> 
             }
             None => {
                 return Err(format!(
-                    "`{file}` not found (RISE_CUDA_INCLUDE, CUDA_HOME, the wheel's nvidia/*/include)"
-                ))
+                "`{file}` not found (RISE_CUDA_INCLUDE, CUDA_HOME, the wheel's nvidia/*/include)"
+            ))
             }
         }
     }

@@ -34,8 +34,11 @@ extern "C" {
     ) -> *mut RawGroup;
     fn rise_dist_free(pg: *mut RawGroup);
     fn rise_dist_free_err(err: *mut c_char);
-    fn rise_dist_all_reduce_sum(pg: *mut RawGroup, t: *mut C_tensor, err: *mut *mut c_char)
-        -> c_int;
+    fn rise_dist_all_reduce_sum(
+        pg: *mut RawGroup,
+        t: *mut C_tensor,
+        err: *mut *mut c_char,
+    ) -> c_int;
     fn rise_dist_reduce_scatter_sum(
         pg: *mut RawGroup,
         out: *mut C_tensor,
@@ -148,7 +151,9 @@ impl Rendezvous {
     ) -> Result<Self, DistError> {
         let addr = addr.into();
         if world == 0 {
-            return Err(DistError::Rendezvous("world size must be at least 1".into()));
+            return Err(DistError::Rendezvous(
+                "world size must be at least 1".into(),
+            ));
         }
         if rank >= world {
             return Err(DistError::Rendezvous(format!(
@@ -156,7 +161,9 @@ impl Rendezvous {
             )));
         }
         if addr.is_empty() || addr.contains('\0') {
-            return Err(DistError::Rendezvous(format!("bad master address {addr:?}")));
+            return Err(DistError::Rendezvous(format!(
+                "bad master address {addr:?}"
+            )));
         }
         if port == 0 {
             return Err(DistError::Rendezvous("master port 0".into()));
@@ -175,14 +182,15 @@ impl Rendezvous {
     /// id mod 1000, so that two jobs sharing a node do not collide) when `SLURM_PROCID` is
     /// set and `SLURM_NTASKS` > 1; else `None` (one process).
     pub fn from_env_with(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, DistError> {
-        let num = |name: &str| -> Result<Option<usize>, DistError> {
-            match get(name) {
-                None => Ok(None),
-                Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                    DistError::Rendezvous(format!("{name}={v:?} is not a number"))
-                }),
-            }
-        };
+        let num =
+            |name: &str| -> Result<Option<usize>, DistError> {
+                match get(name) {
+                    None => Ok(None),
+                    Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                        DistError::Rendezvous(format!("{name}={v:?} is not a number"))
+                    }),
+                }
+            };
         let port = |v: String, name: &str| -> Result<u16, DistError> {
             v.trim()
                 .parse()
@@ -205,7 +213,9 @@ impl Rendezvous {
         }
         let nodes = get("SLURM_JOB_NODELIST")
             .or_else(|| get("SLURM_NODELIST"))
-            .ok_or_else(|| DistError::Rendezvous("SLURM_PROCID without SLURM_JOB_NODELIST".into()))?;
+            .ok_or_else(|| {
+                DistError::Rendezvous("SLURM_PROCID without SLURM_JOB_NODELIST".into())
+            })?;
         let addr = first_host(&nodes)?;
         let p = match get(ENV_MASTER_PORT) {
             Some(p) => port(p, ENV_MASTER_PORT)?,
@@ -261,7 +271,9 @@ fn take_err(err: *mut c_char) -> String {
         return "unknown error (no message)".into();
     }
     // SAFETY: the shim returns a NUL-terminated malloc'd string, freed once here.
-    let s = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    let s = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { rise_dist_free_err(err) };
     s
 }
@@ -501,7 +513,12 @@ mod tests {
         // One Slurm task is one process, not a group.
         let one = env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]);
         assert_eq!(Rendezvous::from_env_with(one).unwrap(), None);
-        assert!(Rendezvous::from_env_with(env(&[(ENV_RANK, "2"), (ENV_WORLD, "2"), (ENV_MASTER_PORT, "1")])).is_err());
+        assert!(Rendezvous::from_env_with(env(&[
+            (ENV_RANK, "2"),
+            (ENV_WORLD, "2"),
+            (ENV_MASTER_PORT, "1")
+        ]))
+        .is_err());
         assert!(Rendezvous::from_env_with(env(&[(ENV_RANK, "x")])).is_err());
     }
 }

@@ -112,7 +112,18 @@ fn a_peer_that_never_joins_is_a_timeout_error_naming_the_rank() {
         Err(e) => e,
         Ok(_) => panic!("a group of 2 formed with one rank"),
     };
-    assert!(matches!(err, DistError::C10d { op: "init", rank: 0, world: 2, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DistError::C10d {
+                op: "init",
+                rank: 0,
+                world: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -121,6 +132,8 @@ fn nccl_is_refused_clearly_when_compiled_out() {
         return;
     }
     let rdv = Rendezvous::new("127.0.0.1", free_port().unwrap(), 0, 1).unwrap();
-    let err = ProcessGroup::init(&rdv, Backend::Nccl, Duration::from_secs(5)).err().unwrap();
+    let err = ProcessGroup::init(&rdv, Backend::Nccl, Duration::from_secs(5))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("no NCCL backend"), "{err}");
 }

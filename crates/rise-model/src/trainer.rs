@@ -494,7 +494,11 @@ impl<'a> Trainer<'a> {
             }
         }
         let (rank, world, zero) = parallel.map_or((0, 1, false), |p| {
-            (p.group.rank(), p.group.world(), p.zero && p.group.world() > 1)
+            (
+                p.group.rank(),
+                p.group.world(),
+                p.zero && p.group.world() > 1,
+            )
         });
         let flat = FlatState::adopt(&mut params, rank, world, zero);
         let fingerprint = fingerprint(&examples, &config);
@@ -663,7 +667,8 @@ impl<'a> Trainer<'a> {
         // Rank r's disjoint contiguous slice; the last ranks' may be short or empty when the
         // last step of an epoch holds fewer examples.
         let chunk = global.len().div_ceil(world);
-        let indices = &global[(rank * chunk).min(global.len())..((rank + 1) * chunk).min(global.len())];
+        let indices =
+            &global[(rank * chunk).min(global.len())..((rank + 1) * chunk).min(global.len())];
         for (_, p) in &mut self.params {
             let mut g = p.grad();
             if g.defined() {
@@ -699,7 +704,9 @@ impl<'a> Trainer<'a> {
                     .gather_grads(&self.params, &[loss_total as f32, tokens as f32]);
                 p.group.all_reduce_sum(&mut buf)?;
                 let stats = Vec::<f64>::try_from(
-                    buf.narrow(0, self.flat.padded, 2).to_kind(Kind::Double).to_device(Device::Cpu),
+                    buf.narrow(0, self.flat.padded, 2)
+                        .to_kind(Kind::Double)
+                        .to_device(Device::Cpu),
                 )?;
                 loss_total = stats[0];
                 tokens = stats[1].round() as usize;
@@ -849,8 +856,14 @@ impl<'a> Trainer<'a> {
             // Rank 0 has made the directory; every shard is written before rank 0 publishes.
             p.group.barrier()?;
             let shard = [
-                ("exp_avg".to_string(), self.flat.exp_avg.to_device(Device::Cpu)),
-                ("exp_avg_sq".to_string(), self.flat.exp_avg_sq.to_device(Device::Cpu)),
+                (
+                    "exp_avg".to_string(),
+                    self.flat.exp_avg.to_device(Device::Cpu),
+                ),
+                (
+                    "exp_avg_sq".to_string(),
+                    self.flat.exp_avg_sq.to_device(Device::Cpu),
+                ),
             ];
             checkpoint::write_atomic(
                 &tmp.join(shard_file(rank, world)),
@@ -952,10 +965,7 @@ impl<'a> Trainer<'a> {
         if state.optimizer_shards == 0 {
             let moments = checkpoint::read_safetensors(&path.join("optimizer.safetensors"))?;
             for (i, (name, _)) in self.params.iter().enumerate() {
-                let (mut m, mut v) = (
-                    self.flat.segment(&m_full, i),
-                    self.flat.segment(&v_full, i),
-                );
+                let (mut m, mut v) = (self.flat.segment(&m_full, i), self.flat.segment(&v_full, i));
                 m.copy_(&get(&moments, format!("exp_avg.{name}"))?);
                 v.copy_(&get(&moments, format!("exp_avg_sq.{name}"))?);
             }
