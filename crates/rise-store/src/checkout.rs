@@ -810,11 +810,17 @@ mod tests {
         // Sealed: the next use only stats, and damage is caught.
         assert!(matches!(
             outcome(&s, &id),
-            CheckoutOutcome::Reused { rehashed: 0, modes_fixed: 0 }
+            CheckoutOutcome::Reused {
+                rehashed: 0,
+                modes_fixed: 0
+            }
         ));
         append(&dest.join("sub/b.txt"), b"!");
         let damage = s.checkout_damage(&id).unwrap();
-        assert!(damage[0].contains("\"sub/b.txt\" was modified"), "{damage:?}");
+        assert!(
+            damage[0].contains("\"sub/b.txt\" was modified"),
+            "{damage:?}"
+        );
         assert!(matches!(outcome(&s, &id), CheckoutOutcome::Rebuilt { .. }));
 
         // A second directory with the same artifact is dropped: the checkout exists already.

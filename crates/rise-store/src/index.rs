@@ -21,6 +21,104 @@ const T_BY_KEY: &str = "by_key";
 const T_PRODUCERS: &str = "producers";
 const T_LATEST: &str = "latest";
 
+/// The environment variable that puts the index (of every store this process opens) under a
+/// chosen directory, e.g. a node-local disk: `$RISE_INDEX_DIR/<store>/index`.
+pub const INDEX_DIR_VAR: &str = "RISE_INDEX_DIR";
+
+/// Where a store's sled index lives, decided when the store is opened.
+///
+/// The index is disposable (a function of the committed markers), so it need not live in the
+/// store. On a filesystem shared between hosts it should not: sled's files see many small
+/// random writes and fsyncs (slow over NFS), and every host rolls forward the same markers
+/// anyway. So a store on a network filesystem keeps its index on local disk, one per host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexLocation {
+    /// The sled directory.
+    pub path: PathBuf,
+    /// The lock file that serialises every use of it.
+    pub lock: PathBuf,
+    /// Why it is there.
+    pub reason: IndexPlacement,
+}
+
+/// Why the index is where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexPlacement {
+    /// `<store>/index`: the store is on a local filesystem (or its type could not be read).
+    InStore,
+    /// Under the directory named by [`INDEX_DIR_VAR`].
+    Configured,
+    /// Under the local default directory, because the store is on this (shared) filesystem.
+    LocalBecauseShared(String),
+}
+
+impl IndexLocation {
+    /// `<root>/index`, as every store had before the index could move.
+    pub(crate) fn in_store(root: &Path) -> IndexLocation {
+        IndexLocation {
+            path: root.join("index"),
+            lock: root.join("index.lock"),
+            reason: IndexPlacement::InStore,
+        }
+    }
+
+    /// The index location for the store at `root`, given the value of [`INDEX_DIR_VAR`], the
+    /// store's filesystem and the local default directory (pure, for tests).
+    ///
+    /// Outside the store, each store gets its own subdirectory, named by its canonical path
+    /// (readable last component plus a hash), so one `RISE_INDEX_DIR` serves every store.
+    pub(crate) fn resolve(
+        root: &Path,
+        configured: Option<&std::ffi::OsStr>,
+        fs: Option<&crate::fsinfo::FsInfo>,
+        local_default: &Path,
+    ) -> IndexLocation {
+        let (base, reason) = match (configured.filter(|v| !v.is_empty()), fs) {
+            (Some(dir), _) => (PathBuf::from(dir), IndexPlacement::Configured),
+            (None, Some(fs)) if fs.shared => (
+                local_default.to_path_buf(),
+                IndexPlacement::LocalBecauseShared(fs.fstype.clone()),
+            ),
+            _ => return IndexLocation::in_store(root),
+        };
+        let name: String = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect();
+        let hash = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+        let dir = base.join(format!("{name}-{}", &hash[..16]));
+        IndexLocation {
+            path: dir.join("index"),
+            lock: dir.join("index.lock"),
+            reason,
+        }
+    }
+
+    /// True when the index is `<store>/index`.
+    pub fn is_in_store(&self) -> bool {
+        self.reason == IndexPlacement::InStore
+    }
+}
+
+/// The local default directory for indexes of stores on shared filesystems:
+/// `$TMPDIR/rise-index-<uid>` (clusters point `TMPDIR` at node-local disk; a lost index is
+/// rebuilt from the markers).
+pub(crate) fn local_index_base() -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("rise-index-{uid}"))
+}
+
 /// Everything the index holds, in plain maps: used to compare the index with what the markers
 /// imply (`verify`) and to check that `reindex` restores it exactly.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -295,12 +393,29 @@ impl Index {
 
 impl Store {
     pub(crate) fn index_path(&self) -> PathBuf {
-        self.root.join("index")
+        self.index.path.clone()
+    }
+
+    /// Where this store's index lives (and why), as decided when it was opened.
+    pub fn index_location(&self) -> &IndexLocation {
+        &self.index
     }
 
     fn lock_index(&self) -> Result<std::fs::File> {
-        let path = self.root.join("index.lock");
-        let file = lock::acquire(&path, Mode::Exclusive, true, &mut |h| {
+        let path = &self.index.lock;
+        if !self.index.is_in_store() {
+            if let Some(dir) = path.parent() {
+                // Private: another user's process must not open (or replace) our index.
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(StoreError::io("create index directory", dir))?;
+            }
+        }
+        let path = path.as_path();
+        let file = lock::acquire(path, Mode::Exclusive, true, &mut |h| {
             tracing::debug!(
                 "waiting for the index, held by {}",
                 h.map(|h| h.to_string()).unwrap_or_else(|| "?".into())
@@ -309,7 +424,7 @@ impl Store {
         .ok_or_else(|| {
             StoreError::io("lock", &path)(std::io::Error::other("blocking lock returned nothing"))
         })?;
-        lock::write_holder(&file, &path, &LockHolder::me("index"))?;
+        lock::write_holder(&file, path, &LockHolder::me("index"))?;
         Ok(file)
     }
 
@@ -319,9 +434,7 @@ impl Store {
         match Index::open(&path) {
             Ok(ix) => Ok((ix, false)),
             Err(err) => {
-                let aside = self
-                    .root
-                    .join(format!("index.damaged-{}", std::process::id()));
+                let aside = path.with_file_name(format!("index.damaged-{}", std::process::id()));
                 tracing::warn!(
                     "{err}; moving it to {} and rebuilding from the result manifests",
                     aside.display()
@@ -438,8 +551,10 @@ impl Store {
         fs::File::create(&marker).map_err(StoreError::io("create result marker", &marker))?;
         sync_dir(&self.results_dir())?;
         self.unindexed_commits.store(true, Ordering::SeqCst);
-        if !self.index_path().exists() {
-            // So that a missing index always means a deleted one (which `verify` reports).
+        if self.index.is_in_store() && !self.index_path().exists() {
+            // So that a missing index in the store always means a deleted one (which `verify`
+            // reports). An index outside the store is missing on every host that has not used
+            // the store yet: a compute node that only commits does not build one.
             self.sync_index()?;
         }
         Ok(id)
@@ -567,5 +682,66 @@ impl Store {
         let after = ix.snapshot()?;
         ix.flush()?;
         Ok((before, after, bad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsinfo::FsInfo;
+    use std::ffi::OsStr;
+
+    const MOUNTS: &str = "overlay / overlay rw 0 0\nfs:/e /nfs nfs4 rw,vers=4.2 0 0\n";
+
+    fn fs_of(magic: u64, path: &str) -> FsInfo {
+        FsInfo::from_parts(Some(magic), MOUNTS, Path::new(path))
+    }
+
+    #[test]
+    fn the_index_leaves_a_store_on_a_shared_filesystem() {
+        let local = Path::new("/var/tmp/rise-index-0");
+        // Local filesystem: in the store, as always.
+        let root = Path::new("/home/me/store");
+        let here =
+            IndexLocation::resolve(root, None, Some(&fs_of(0xEF53, "/home/me/store")), local);
+        assert_eq!(here, IndexLocation::in_store(root));
+        assert_eq!(here.path, root.join("index"));
+        assert_eq!(here.lock, root.join("index.lock"));
+        // Unknown filesystem (statfs failed): in the store too.
+        assert!(IndexLocation::resolve(root, None, None, local).is_in_store());
+
+        // NFS: under the local default, in a directory of its own.
+        let shared = Path::new("/nfs/proj/store");
+        let nfs = fs_of(0x6969, "/nfs/proj/store");
+        let a = IndexLocation::resolve(shared, None, Some(&nfs), local);
+        assert_eq!(a.reason, IndexPlacement::LocalBecauseShared("nfs4".into()));
+        assert!(a.path.starts_with(local), "{a:?}");
+        assert_eq!(a.path.file_name().unwrap(), "index");
+        assert_eq!(a.lock, a.path.with_file_name("index.lock"));
+        let dir = a
+            .path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(
+            dir.starts_with("store-") && dir.len() == "store-".len() + 16,
+            "{dir}"
+        );
+        // Deterministic per store, different between stores.
+        assert_eq!(IndexLocation::resolve(shared, None, Some(&nfs), local), a);
+        let other = IndexLocation::resolve(Path::new("/nfs/other/store"), None, Some(&nfs), local);
+        assert_ne!(other.path, a.path);
+
+        // RISE_INDEX_DIR wins on any filesystem; empty means unset.
+        let chosen = OsStr::new("/scratch/idx");
+        for fs in [&nfs, &fs_of(0xEF53, "/home/me/store")] {
+            let c = IndexLocation::resolve(root, Some(chosen), Some(fs), local);
+            assert_eq!(c.reason, IndexPlacement::Configured);
+            assert!(c.path.starts_with("/scratch/idx"), "{c:?}");
+        }
+        assert!(IndexLocation::resolve(root, Some(OsStr::new("")), None, local).is_in_store());
     }
 }

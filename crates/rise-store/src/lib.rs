@@ -10,6 +10,8 @@
 //! results/<result id>   one empty marker per committed result: the commit record
 //! index/                sled: key -> result, artifact -> producer, (pipeline, stage) -> latest
 //! index.lock            serialises every use of the index
+//!                       (both outside the store when it is on a network filesystem or
+//!                       `RISE_INDEX_DIR` is set: see [`IndexLocation`])
 //! pins/<name>           an artifact id kept alive by gc
 //! runs/<run id>.json    run records
 //! checkouts/<id>/       sealed, read-only materialised artifacts (cache; see below)
@@ -61,6 +63,7 @@ mod artifact;
 mod blob;
 mod checkout;
 mod error;
+mod fsinfo;
 mod id;
 mod index;
 mod lock;
@@ -72,9 +75,10 @@ mod tree;
 
 pub use blob::BlobReader;
 pub use error::{Result, StoreError};
+pub use fsinfo::{mount_of, statfs_magic, FlockCoherence, FsInfo, MountEntry};
 pub use id::{ArtifactId, BlobId, ResultId, StageKey};
-pub use index::IndexSnapshot;
-pub use lock::{KeyLock, LockHolder, RunLock};
+pub use index::{IndexLocation, IndexPlacement, IndexSnapshot, INDEX_DIR_VAR};
+pub use lock::{hostname, KeyLock, LockHolder, RunLock};
 pub use maint::{
     BadBlob, BadCheckout, BadMarker, BadResult, BlobProblem, GcReport, IndexProblem, ReindexReport,
     VerifyReport,

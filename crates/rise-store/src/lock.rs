@@ -1,6 +1,11 @@
 //! Kernel file locks (`flock`): they vanish when the holding process dies, so a crash never
-//! leaves the store locked. Each exclusive lock file records its holder (pid, command, purpose)
-//! so that whoever waits can be told who is in the way.
+//! leaves the store locked. Each exclusive lock file records its holder (host, pid, command,
+//! purpose) so that whoever waits can be told who is in the way.
+//!
+//! A store on a shared filesystem is opened from several hosts. The lock itself is then only as
+//! good as the filesystem's `flock` (see [`crate::FsInfo::flock`]); the holder records carry the
+//! host, because a pid means nothing on another machine: a record written on another host is
+//! never judged dead by looking at this host's `/proc`.
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,7 +21,11 @@ use crate::id::StageKey;
 /// Who holds a lock, as recorded in its lock file by the holder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHolder {
-    /// The holder's process id.
+    /// The host the holder runs on (`gethostname(2)`). Absent in records written before rise
+    /// recorded it; those are treated as written on this host, as they were judged before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The holder's process id (on `host`).
     pub pid: u32,
     /// The holder's command line (truncated to a few hundred characters).
     pub command: String,
@@ -38,6 +47,7 @@ impl LockHolder {
             command.push('…');
         }
         LockHolder {
+            host: Some(hostname().to_string()),
             pid: std::process::id(),
             command,
             what: what.to_string(),
@@ -48,20 +58,45 @@ impl LockHolder {
         }
     }
 
-    /// True if a process with this pid exists on this machine (Linux `/proc`; elsewhere
-    /// always true, which only makes messages more cautious).
-    pub fn is_alive(&self) -> bool {
-        if Path::new("/proc/self").exists() {
-            Path::new(&format!("/proc/{}", self.pid)).exists()
-        } else {
-            true
-        }
+    /// True if the holder ran on this host (or did not record its host).
+    pub fn is_local(&self) -> bool {
+        self.host.as_deref().is_none_or(|h| h == hostname())
     }
+
+    /// False only when the holder is known to be gone: it ran on this host and no process with
+    /// its pid exists (Linux `/proc`). A holder on another host may be alive whatever this
+    /// host's `/proc` says; without `/proc` every holder may be alive, which only makes
+    /// messages more cautious.
+    pub fn may_be_alive(&self) -> bool {
+        if !self.is_local() || !Path::new("/proc/self").exists() {
+            return true;
+        }
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+/// This host's name (`gethostname(2)`), read once; `"localhost"` if the call fails.
+pub fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        match std::str::from_utf8(&buf[..end]) {
+            Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+            _ => "localhost".to_string(),
+        }
+    })
 }
 
 impl fmt::Display for LockHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {} (`{}`)", self.pid, self.command)?;
+        write!(f, "pid {}", self.pid)?;
+        if let Some(host) = self.host.as_deref().filter(|_| !self.is_local()) {
+            write!(f, " on host {host}")?;
+        }
+        write!(f, " (`{}`)", self.command)?;
         if !self.what.is_empty() {
             write!(f, " for {}", self.what)?;
         }
@@ -234,7 +269,8 @@ impl Drop for RunLock {
     }
 }
 
-/// The holders recorded under `locks/runs/` whose process is still alive.
+/// The holders recorded under `locks/runs/` whose process may still be alive (every holder on
+/// another host: see [`LockHolder::may_be_alive`]).
 pub(crate) fn run_holders(dir: &Path) -> Vec<LockHolder> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Vec::new();
@@ -243,9 +279,9 @@ pub(crate) fn run_holders(dir: &Path) -> Vec<LockHolder> {
         .flatten()
         .filter_map(|e| fs::read_to_string(e.path()).ok())
         .filter_map(|t| serde_json::from_str::<LockHolder>(t.trim()).ok())
-        .filter(|h| h.is_alive())
+        .filter(|h| h.may_be_alive())
         .collect();
-    out.sort_by_key(|h| h.pid);
+    out.sort_by(|a, b| (&a.host, a.pid).cmp(&(&b.host, b.pid)));
     out
 }
 
@@ -273,6 +309,60 @@ mod tests {
         assert!(acquire(&path, Mode::Exclusive, false, &mut |_| {})
             .unwrap()
             .is_some());
+    }
+
+    /// A pid above Linux's maximum (2^22): no process has it, here or anywhere.
+    const NO_SUCH_PID: u32 = 0x7FFF_FFF0;
+
+    fn holder(host: Option<&str>, pid: u32) -> LockHolder {
+        LockHolder {
+            host: host.map(str::to_string),
+            pid,
+            command: "rise run p.toml".into(),
+            what: "run".into(),
+            since_unix: 0,
+        }
+    }
+
+    #[test]
+    fn a_holder_on_another_host_is_never_judged_dead_here() {
+        let me = LockHolder::me("x");
+        assert_eq!(me.host.as_deref(), Some(hostname()));
+        assert!(me.is_local() && me.may_be_alive());
+        // Here, a pid that does not exist is a dead holder, with or without a recorded host
+        // (records of older versions have none).
+        assert!(!holder(Some(hostname()), NO_SUCH_PID).may_be_alive());
+        assert!(!holder(None, NO_SUCH_PID).may_be_alive());
+        // On another host, this host's /proc says nothing.
+        let remote = holder(Some("node-elsewhere"), NO_SUCH_PID);
+        assert!(!remote.is_local());
+        assert!(remote.may_be_alive());
+        assert_eq!(
+            remote.to_string(),
+            "pid 2147483632 on host node-elsewhere (`rise run p.toml`) for run"
+        );
+        assert!(!me.to_string().contains(" on host "), "{me}");
+
+        // Run holders as `rise status` and gc list them.
+        let dir = tempfile::tempdir().unwrap();
+        for (name, h) in [
+            ("local-dead", holder(Some(hostname()), NO_SUCH_PID)),
+            ("remote", remote.clone()),
+            ("me", me.clone()),
+        ] {
+            fs::write(dir.path().join(name), serde_json::to_string(&h).unwrap()).unwrap();
+        }
+        let mut listed = run_holders(dir.path());
+        listed.sort_by_key(|h| h.pid);
+        assert_eq!(listed, vec![me, remote]);
+    }
+
+    #[test]
+    fn holder_records_without_a_host_still_parse() {
+        let old = r#"{"pid":7,"command":"rise run","what":"run","since_unix":1}"#;
+        let h: LockHolder = serde_json::from_str(old).unwrap();
+        assert_eq!(h.host, None);
+        assert!(h.is_local());
     }
 
     #[test]

@@ -372,6 +372,11 @@ impl Store {
         match self.index_snapshot() {
             // A store that never committed anything has no index yet.
             Ok(None) if expected.results.is_empty() => {}
+            // An index outside the store is missing on each host until it first uses the
+            // store: every committed result is simply not indexed yet.
+            Ok(None) if !self.index.is_in_store() => {
+                report.results_not_yet_indexed = expected.results.len();
+            }
             Ok(None) => report.index_problems.push(IndexProblem {
                 kind: "missing",
                 detail: format!(

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Result, StoreError};
+use crate::fsinfo::FsInfo;
 use crate::id::{ArtifactId, StageKey};
+use crate::index::{local_index_base, IndexLocation, INDEX_DIR_VAR};
 use crate::lock::{self, KeyLock, LockHolder, Mode, RunLock};
 
 const FORMAT_MARKER: &str = "rise-store 1\n";
@@ -25,6 +27,10 @@ pub struct Store {
     pub(crate) warned: Mutex<std::collections::BTreeSet<crate::id::ResultId>>,
     /// Results committed by this handle since its last index transaction.
     pub(crate) unindexed_commits: std::sync::atomic::AtomicBool,
+    /// Where the index lives (decided at open: see [`IndexLocation`]).
+    pub(crate) index: IndexLocation,
+    /// The store's filesystem, if it could be probed.
+    pub(crate) fs: Option<FsInfo>,
 }
 
 /// This process's staging directory `tmp/<name>/`, alive while `tmp/<name>.lock` is locked.
@@ -88,12 +94,24 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => init_layout(&root)?,
             Err(e) => return Err(StoreError::io("read", &marker)(e)),
         }
+        // A probe that fails (no statfs, a path that cannot be canonicalised) keeps the index
+        // in the store, as before the index could move.
+        let fs = FsInfo::probe(&root).ok();
+        let canonical = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+        let index = IndexLocation::resolve(
+            &canonical,
+            std::env::var_os(INDEX_DIR_VAR).as_deref(),
+            fs.as_ref(),
+            &local_index_base(),
+        );
         let store = Store {
             root,
             session: Mutex::new(None),
             counter: AtomicU64::new(0),
             warned: Mutex::new(Default::default()),
             unindexed_commits: Default::default(),
+            index,
+            fs,
         };
         store.clean_stale_tmp()?;
         Ok(store)
@@ -102,6 +120,12 @@ impl Store {
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The filesystem the store lives on (type, mount, options), as probed when it was
+    /// opened; `None` where `statfs` failed.
+    pub fn filesystem(&self) -> Option<&FsInfo> {
+        self.fs.as_ref()
     }
 
     /// `logs/`: where the engine writes per-run and per-stage logs.

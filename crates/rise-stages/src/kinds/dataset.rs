@@ -214,20 +214,23 @@ pub(crate) mod tests {
     use serde_json::json;
 
     pub(crate) fn ctx(params: Value, out: &Path) -> StageContext {
-        StageContext {
-            pipeline: "p".into(),
-            stage: "data".into(),
-            kind: "dataset".into(),
-            params,
-            inputs: Default::default(),
-            out_dir: out.to_path_buf(),
-            scratch_dir: out.join("scratch"),
-            seed: 7,
-            device: "cpu".into(),
-            threads: 1,
-            progress: rise_engine::Progress::discard(),
-            cancel: Default::default(),
-        }
+        StageContext::from_spec(
+            rise_engine::StageSpec {
+                pipeline: "p".into(),
+                stage: "data".into(),
+                kind: "dataset".into(),
+                kind_version: 1,
+                params,
+                inputs: Default::default(),
+                out_dir: out.to_path_buf(),
+                scratch_dir: out.join("scratch"),
+                seed: 7,
+                device: "cpu".into(),
+                threads: 1,
+            },
+            rise_engine::Progress::discard(),
+            Default::default(),
+        )
     }
 
     fn run(params: Value) -> Result<(tempfile::TempDir, DatasetMeta, Vec<Problem>), StageError> {

@@ -697,20 +697,23 @@ mod tests {
     fn schema_only_kinds_refuse_to_run_in_process() {
         let stage = WorkerStage::new(&TRAIN);
         assert_eq!(stage.execution(), Execution::Worker { gpu: true });
-        let ctx = StageContext {
-            pipeline: "p".into(),
-            stage: "iter1/train".into(),
-            kind: "train".into(),
-            params: json!({}),
-            inputs: Default::default(),
-            out_dir: "/nonexistent".into(),
-            scratch_dir: "/nonexistent".into(),
-            seed: 0,
-            device: "cpu".into(),
-            threads: 1,
-            progress: rise_engine::Progress::discard(),
-            cancel: Default::default(),
-        };
+        let ctx = StageContext::from_spec(
+            rise_engine::StageSpec {
+                pipeline: "p".into(),
+                stage: "iter1/train".into(),
+                kind: "train".into(),
+                kind_version: 1,
+                params: json!({}),
+                inputs: Default::default(),
+                out_dir: "/nonexistent".into(),
+                scratch_dir: "/nonexistent".into(),
+                seed: 0,
+                device: "cpu".into(),
+                threads: 1,
+            },
+            rise_engine::Progress::discard(),
+            Default::default(),
+        );
         let e = stage.run(&ctx).unwrap_err().to_string();
         assert!(e.contains("rise-worker"), "{e}");
     }
