@@ -55,6 +55,10 @@ pub struct Reaped {
 pub struct StageProcesses {
     path: PathBuf,
     token: String,
+    /// The kernel's last allocated pid when the record was made (before the stage's child was
+    /// spawned), and when: every process of the stage has a pid allocated after it.
+    spawned_after: Option<i32>,
+    claimed_at: Instant,
 }
 
 impl StageProcesses {
@@ -79,6 +83,8 @@ impl StageProcesses {
             StageProcesses {
                 path,
                 token: record.token,
+                spawned_after: last_pid(),
+                claimed_at: Instant::now(),
             },
             reaped,
         ))
@@ -87,8 +93,20 @@ impl StageProcesses {
     /// After the stage's child exited (its process group is killed then): kill any descendant
     /// that left the group (`setsid`, a daemon), so that nothing writes into the stage's output
     /// or scratch while the engine hashes them. Returns how many were killed.
+    ///
+    /// Only processes whose pid was allocated while the stage ran can be its descendants, so
+    /// only their environments are read: reading every process's environment cost ~30 ms per
+    /// stage on a busy machine, more than the rest of the engine's work for a stage. Pids are
+    /// allocated in increasing order and wrap at `pid_max`; a stage that ran long enough for
+    /// the counter to come round again ([`PID_WINDOW_TRUSTED_FOR`]) gets a full scan.
     pub fn finish(self) -> io::Result<usize> {
-        kill_token_holders(&self.token, REAP_TIMEOUT)
+        let window = match (self.spawned_after, last_pid()) {
+            (Some(from), Some(to)) if self.claimed_at.elapsed() < PID_WINDOW_TRUSTED_FOR => {
+                Some(PidWindow { from, to })
+            }
+            _ => None,
+        };
+        kill_holders(&self.token, window, REAP_TIMEOUT)
     }
 
     /// The value of [`STAGE_TOKEN_VAR`] for this stage's child.
@@ -149,14 +167,49 @@ fn reap(path: &Path) -> io::Result<Option<Reaped>> {
     }))
 }
 
+/// How long after a stage started its pid window is trusted: allocating `pid_max` (at most
+/// 2^22) pids takes minutes even at the fastest fork rates.
+const PID_WINDOW_TRUSTED_FOR: Duration = Duration::from_secs(30);
+
+/// Pids allocated after `from`, up to and including `to`, across a wrap of the counter.
+#[derive(Debug, Clone, Copy)]
+struct PidWindow {
+    from: i32,
+    to: i32,
+}
+
+impl PidWindow {
+    fn contains(self, pid: i32) -> bool {
+        if self.from <= self.to {
+            pid > self.from && pid <= self.to
+        } else {
+            pid > self.from || pid <= self.to
+        }
+    }
+}
+
+/// The pid the kernel allocated last in this pid namespace (`None` where the file is absent).
+fn last_pid() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// SIGKILL every process whose environment holds `token`, until none is left; the number of
 /// distinct processes killed.
 pub fn kill_token_holders(token: &str, timeout: Duration) -> io::Result<usize> {
+    kill_holders(token, None, timeout)
+}
+
+/// [`kill_token_holders`] among the pids of `window` (all pids when `None`).
+fn kill_holders(token: &str, window: Option<PidWindow>, timeout: Duration) -> io::Result<usize> {
     let needle = format!("{STAGE_TOKEN_VAR}={token}");
     let start = Instant::now();
     let mut killed = std::collections::BTreeSet::new();
     loop {
-        let holders = processes_with_env(needle.as_bytes());
+        let holders = processes_with_env(needle.as_bytes(), window);
         if holders.is_empty() {
             return Ok(killed.len());
         }
@@ -179,7 +232,7 @@ pub fn kill_token_holders(token: &str, timeout: Duration) -> io::Result<usize> {
 
 /// Pids (not this process) whose environment contains the entry `needle` exactly. Processes
 /// that exited (zombies have an empty environment) or cannot be read are skipped.
-fn processes_with_env(needle: &[u8]) -> Vec<i32> {
+fn processes_with_env(needle: &[u8], window: Option<PidWindow>) -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -193,7 +246,7 @@ fn processes_with_env(needle: &[u8]) -> Vec<i32> {
         else {
             continue;
         };
-        if pid == me {
+        if pid == me || window.is_some_and(|w| !w.contains(pid)) {
             continue;
         }
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
@@ -224,15 +277,55 @@ mod tests {
             .unwrap();
         let needle = format!("{STAGE_TOKEN_VAR}={token}");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while processes_with_env(needle.as_bytes()).len() < 3 && Instant::now() < deadline {
+        while processes_with_env(needle.as_bytes(), None).len() < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(processes_with_env(needle.as_bytes()).len(), 3);
+        assert_eq!(processes_with_env(needle.as_bytes(), None).len(), 3);
         assert_eq!(kill_token_holders(&token, REAP_TIMEOUT).unwrap(), 3);
         let _ = child.wait();
-        assert!(processes_with_env(needle.as_bytes()).is_empty());
+        assert!(processes_with_env(needle.as_bytes(), None).is_empty());
         // Nothing left: nothing killed.
         assert_eq!(kill_token_holders(&token, REAP_TIMEOUT).unwrap(), 0);
+    }
+
+    #[test]
+    fn pid_windows_cover_a_wrap_of_the_counter() {
+        let plain = PidWindow { from: 100, to: 200 };
+        assert!(!plain.contains(100) && plain.contains(101) && plain.contains(200));
+        assert!(!plain.contains(201) && !plain.contains(5));
+        let wrapped = PidWindow {
+            from: 4_000_000,
+            to: 50,
+        };
+        assert!(wrapped.contains(4_000_001) && wrapped.contains(2) && wrapped.contains(50));
+        assert!(!wrapped.contains(51) && !wrapped.contains(4_000_000));
+    }
+
+    #[test]
+    fn finish_kills_descendants_that_left_the_group_within_the_pid_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let key = StageKey(*blake3::hash(b"finish").as_bytes());
+        let (processes, _) = StageProcesses::claim(&store, &key, "run", "a").unwrap();
+        let needle = format!("{STAGE_TOKEN_VAR}={}", processes.token());
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg("setsid sleep 300 & wait")
+            .env(STAGE_TOKEN_VAR, processes.token())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while processes_with_env(needle.as_bytes(), None).len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(processes_with_env(needle.as_bytes(), None).len(), 2);
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        // The shell is gone; its setsid'd child is not, until `finish` finds it by pid window.
+        assert_eq!(processes.finish().unwrap(), 1);
+        assert!(processes_with_env(needle.as_bytes(), None).is_empty());
     }
 
     #[test]
