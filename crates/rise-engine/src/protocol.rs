@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// What a child process needs to run one stage.
+/// What a child process needs to run one stage, and the core of every stage's
+/// [`StageContext`](crate::stage::StageContext).
+///
+/// A serialization boundary: the engine writes it as JSON and `rise-worker` (possibly another
+/// build, later on another host) reads it, so fields and their names must stay compatible.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageSpec {
     /// Pipeline name.
@@ -196,5 +200,30 @@ mod tests {
         std::fs::write(&path, "{\n \"pipeline\": 3\n}").unwrap();
         let err = StageSpec::read(&path).unwrap_err().to_string();
         assert!(err.contains("spec.json") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_spec_json_keeps_its_field_names() {
+        // The worker reads what the engine writes: renaming or dropping a field breaks every
+        // rise-worker built before the change.
+        let text = r#"{
+  "pipeline": "p",
+  "stage": "iter1/train",
+  "kind": "train",
+  "kind_version": 3,
+  "params": {
+    "lr": 0.001
+  },
+  "inputs": {
+    "data": "/a/b"
+  },
+  "out_dir": "/o",
+  "scratch_dir": "/s",
+  "seed": 7,
+  "device": "cpu",
+  "threads": 2
+}"#;
+        let spec: StageSpec = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&spec).unwrap(), text);
     }
 }

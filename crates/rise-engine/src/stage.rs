@@ -3,7 +3,6 @@
 //! A stage kind is a small, stateless description: which inputs it takes, how its params are
 //! validated and defaulted, where it runs ([`Execution`]), and how it runs ([`Stage::run`]).
 //! The engine owns everything else: cache keys, scheduling, output hashing and commits.
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -283,49 +282,38 @@ impl Progress {
     }
 }
 
-/// Everything a running stage may use.
+/// Everything a running stage may use: its [`StageSpec`] (the same struct `rise-worker stage
+/// SPEC` reads, so a stage sees the same fields in the engine process and in a worker), and
+/// where its progress goes. Dereferences to the spec: `ctx.params`, `ctx.out_dir`, ...
 #[derive(Debug, Clone)]
 pub struct StageContext {
-    /// Pipeline name.
-    pub pipeline: String,
-    /// Stage name, e.g. `iter1/train`.
-    pub stage: String,
-    /// Stage kind.
-    pub kind: String,
-    /// Resolved params (file params as absolute paths).
-    pub params: serde_json::Value,
-    /// Input name -> read-only artifact directory.
-    pub inputs: BTreeMap<String, PathBuf>,
-    /// Write outputs here, and only here.
-    pub out_dir: PathBuf,
-    /// Resumable state; survives crashes, removed after the result commits.
-    pub scratch_dir: PathBuf,
-    /// The stage's seed (part of the cache key).
-    pub seed: u64,
-    /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// Threads the stage may use.
-    pub threads: usize,
+    /// Pipeline, stage, kind, params, input and output directories, seed, device, threads.
+    pub spec: StageSpec,
     /// Progress and metrics reporting.
     pub progress: Progress,
     /// Set when the run is being cancelled (Ctrl-C).
     pub cancel: Arc<AtomicBool>,
 }
 
+impl std::ops::Deref for StageContext {
+    type Target = StageSpec;
+
+    fn deref(&self) -> &StageSpec {
+        &self.spec
+    }
+}
+
+impl std::ops::DerefMut for StageContext {
+    fn deref_mut(&mut self) -> &mut StageSpec {
+        &mut self.spec
+    }
+}
+
 impl StageContext {
-    /// Build a context from a [`StageSpec`] (what `rise-worker stage SPEC` does).
+    /// A context around `spec` (what the engine and `rise-worker stage SPEC` do).
     pub fn from_spec(spec: StageSpec, progress: Progress, cancel: Arc<AtomicBool>) -> Self {
         StageContext {
-            pipeline: spec.pipeline,
-            stage: spec.stage,
-            kind: spec.kind,
-            params: spec.params,
-            inputs: spec.inputs,
-            out_dir: spec.out_dir,
-            scratch_dir: spec.scratch_dir,
-            seed: spec.seed,
-            device: spec.device,
-            threads: spec.threads,
+            spec,
             progress,
             cancel,
         }

@@ -156,14 +156,14 @@ fn execute_inner(
     let log = open_stage_log(env, stage, &key, log_path)?;
     let metrics: Arc<Mutex<Map<String, Value>>> = Arc::new(Mutex::new(Map::new()));
     let progress = stage_progress(env, stage, &log, &metrics);
-    let ctx = context_from_spec(spec, progress, env);
+    let ctx = StageContext::from_spec(spec, progress, env.opts.cancel.clone());
     phase("log and context ready");
     env.display.started(&stage.name, &stage.kind);
     let started_at = now_rfc3339();
     let t0 = Instant::now();
     match stage.execution {
         Execution::Shell => run_shell(env, &ctx, &key, &log)?,
-        Execution::Worker { .. } => run_worker(env, &ctx, stage.kind_version, &key, &log)?,
+        Execution::Worker { .. } => run_worker(env, &ctx, &key, &log)?,
         Execution::InProcess => run_in_process(kind, &ctx)?,
     }
     phase("command finished");
@@ -225,24 +225,6 @@ fn prepare_spec(
         device: env.opts.device.clone(),
         threads: env.threads,
     })
-}
-
-/// The context a stage runs in, around its spec.
-fn context_from_spec(spec: StageSpec, progress: Progress, env: &StageEnv<'_>) -> StageContext {
-    StageContext {
-        pipeline: spec.pipeline,
-        stage: spec.stage,
-        kind: spec.kind,
-        params: spec.params,
-        inputs: spec.inputs,
-        out_dir: spec.out_dir,
-        scratch_dir: spec.scratch_dir,
-        seed: spec.seed,
-        device: spec.device,
-        threads: spec.threads,
-        progress,
-        cancel: env.opts.cancel.clone(),
-    }
 }
 
 /// The stage's log file, `logs/<run>/<stage>.log`, opened with its header line.
@@ -354,7 +336,6 @@ pub(crate) fn run_shell(
 pub(crate) fn run_worker(
     env: &StageEnv<'_>,
     ctx: &StageContext,
-    kind_version: u32,
     key: &StageKey,
     log: &StageLog,
 ) -> Result<(), StageError> {
@@ -366,20 +347,8 @@ pub(crate) fn run_worker(
         .map_err(|why| StageError::msg(why.clone()))?;
     let spec_dir = env.store.staging_dir("spec").map_err(store_err)?;
     let spec_path = spec_dir.join("spec.json");
-    let spec = StageSpec {
-        pipeline: ctx.pipeline.clone(),
-        stage: ctx.stage.clone(),
-        kind: ctx.kind.clone(),
-        kind_version,
-        params: ctx.params.clone(),
-        inputs: ctx.inputs.clone(),
-        out_dir: ctx.out_dir.clone(),
-        scratch_dir: ctx.scratch_dir.clone(),
-        seed: ctx.seed,
-        device: ctx.device.clone(),
-        threads: ctx.threads,
-    };
-    spec.write(&spec_path)
+    ctx.spec
+        .write(&spec_path)
         .map_err(|e| StageError::msg(e.to_string()))?;
     let processes = claim_processes(env, key, &ctx.stage, log)?;
     let mut cmd = Command::new(worker);
