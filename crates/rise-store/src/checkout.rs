@@ -483,7 +483,9 @@ impl Store {
             what: format!("seal of checkout {id}"),
             source,
         })?;
-        self.write_atomic(&self.seal_path(id), &bytes)
+        // A lost or torn seal costs one re-hash, and a seal from before a crash names an
+        // earlier boot, which is distrusted: no fsync.
+        self.write_atomic_unsynced(&self.seal_path(id), &bytes)
     }
 
     /// A sealed checkout of artifact `id` under `checkouts/<id>/`, ready to hand to a stage or a
@@ -643,7 +645,8 @@ impl Store {
         }
         fs::set_permissions(&dest, fs::Permissions::from_mode(SEALED_DIR_MODE))
             .map_err(StoreError::io("set permissions of", &dest))?;
-        sync_parent(&dest)?;
+        // No fsync of `checkouts/`: a checkout is derived from the blobs, and one that a crash
+        // loses is made again on first use (its seal, if it survived, names an earlier boot).
         self.write_seal(id, inspect(&dest, &tree, None, Hashing::Trusted).stamps);
         Ok(dest)
     }

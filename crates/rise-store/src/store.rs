@@ -237,6 +237,16 @@ impl Store {
         sync_parent(dest)
     }
 
+    /// [`Store::write_atomic`] without the fsyncs, for records a crash may lose or tear without
+    /// harm because they are checked and derived again when missing or unreadable (checkout
+    /// seals: a seal also names the boot it was written in, and is distrusted after a reboot).
+    /// A stage commit writes one; its two fsyncs cost more than the rest of the commit.
+    pub(crate) fn write_atomic_unsynced(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp_path("atomic")?;
+        fs::write(&tmp, bytes).map_err(StoreError::io("write", &tmp))?;
+        fs::rename(&tmp, dest).map_err(StoreError::io("rename into place", dest))
+    }
+
     // ---- run records -------------------------------------------------------------------
 
     /// Stores (or replaces) the record of run `run_id` as `runs/<run_id>.json`, atomically.
