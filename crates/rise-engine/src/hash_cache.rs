@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::content_hash::hash_content;
+
 /// Files smaller than this are hashed every time: that is about as fast as a cache lookup.
 pub const MIN_CACHED_SIZE: u64 = 1 << 20;
 
@@ -142,14 +144,6 @@ impl HashCache {
             );
         }
     }
-}
-
-/// The blake3 of a file's content, memory-mapped and hashed on every core (checkpoints run to
-/// gigabytes).
-pub fn hash_content(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path)?;
-    Ok(*hasher.finalize().as_bytes())
 }
 
 #[cfg(unix)]

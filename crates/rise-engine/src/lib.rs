@@ -6,6 +6,7 @@
 //! the stages whose keys have no valid committed result ([`exec`]). It knows nothing of RISE or
 //! torch: stage kinds come from other crates through the [`stage::Stage`] trait.
 pub mod child;
+pub mod content_hash;
 pub mod error;
 pub mod exec;
 pub mod hash_cache;

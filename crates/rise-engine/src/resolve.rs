@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
+use crate::content_hash::{hash_dir, hash_file};
 use crate::error::{PipelineError, PipelineErrors};
-use crate::hash_cache::{hash_content, HashCache};
+use crate::hash_cache::HashCache;
 use crate::key::{parse_path, Canon, PathSeg};
 use crate::pipeline::{suggest, Pipeline, StageDef, ENGINE_FIELDS};
 use crate::registry::Registry;
-use crate::stage::{Execution, ParamError};
+use crate::stage::{Execution, ParamError, Stage};
 
 /// A validated pipeline, ready to plan and run.
 #[derive(Debug, Clone)]
@@ -115,33 +116,131 @@ pub fn resolve_with_cache(
     registry: &Registry,
     cache: Option<&HashCache>,
 ) -> Result<Resolved, PipelineErrors> {
-    let src = pipeline.source();
-    let mut errors: Vec<PipelineError> = Vec::new();
-    let index: BTreeMap<&str, usize> = pipeline
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
-    let mut stages = Vec::with_capacity(pipeline.stages.len());
-    let mut file_hashes: BTreeMap<PathBuf, [u8; 32]> = BTreeMap::new();
-    for def in &pipeline.stages {
-        let origin = &def.origin;
-        let Some(kind) = registry.get(&def.kind) else {
-            errors.push(src.error(
-                &format!("{origin}.kind"),
-                format!(
-                    "unknown kind `{}`{}; known kinds: {}",
-                    def.kind,
-                    suggest(&def.kind, registry.kinds().into_iter()),
-                    registry.kinds().join(", ")
-                ),
-            ));
-            continue;
+    let stages = {
+        let mut resolver = Resolver {
+            pipeline: &pipeline,
+            registry,
+            cache,
+            index: pipeline
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.as_str(), i))
+                .collect(),
+            file_hashes: BTreeMap::new(),
+            errors: Vec::new(),
         };
-        let mut ok = true;
-        // Inputs.
+        let mut stages = Vec::with_capacity(pipeline.stages.len());
+        for def in &pipeline.stages {
+            if let Some(stage) = resolver.resolve_stage(def) {
+                stages.push(stage);
+            }
+        }
+        if !resolver.errors.is_empty() {
+            return Err(PipelineErrors::sorted(resolver.errors));
+        }
+        stages
+    };
+    // All stages resolved, so stage indices (input producers) match positions in `stages`.
+    let mut graph = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..stages.len()).map(|i| graph.add_node(i)).collect();
+    for (i, stage) in stages.iter().enumerate() {
+        for (input, &p) in &stage.inputs {
+            graph.add_edge(nodes[p], nodes[i], input.clone());
+        }
+    }
+    let resolved = Resolved {
+        pipeline,
+        stages,
+        order: Vec::new(),
+        graph,
+    };
+    match topo_order(&resolved) {
+        Ok(order) => Ok(Resolved { order, ..resolved }),
+        Err(cycle) => Err(PipelineErrors::one(cycle_error(&resolved, &cycle))),
+    }
+}
+
+/// Resolving a pipeline's stages one by one, collecting every error.
+struct Resolver<'p> {
+    pipeline: &'p Pipeline,
+    registry: &'p Registry,
+    cache: Option<&'p HashCache>,
+    /// Stage name -> position in the pipeline.
+    index: BTreeMap<&'p str, usize>,
+    /// Content hashes of the files and directories params name, shared by all stages.
+    file_hashes: BTreeMap<PathBuf, [u8; 32]>,
+    errors: Vec<PipelineError>,
+}
+
+/// A stage's params in their three forms (see [`ResolvedStage`]).
+struct StageParams {
+    params: Value,
+    recorded: Value,
+    key_params: Canon,
+}
+
+impl Resolver<'_> {
+    /// Validate one stage against its kind: its inputs, kind fields, params and the files and
+    /// directories they name. `None` when it has errors (they are in `self.errors`).
+    fn resolve_stage(&mut self, def: &StageDef) -> Option<ResolvedStage> {
+        let Some(kind) = self.registry.get(&def.kind) else {
+            let message = format!(
+                "unknown kind `{}`{}; known kinds: {}",
+                def.kind,
+                suggest(&def.kind, self.registry.kinds().into_iter()),
+                self.registry.kinds().join(", ")
+            );
+            self.error(&format!("{}.kind", def.origin), message);
+            return None;
+        };
+        let inputs = self.stage_inputs(def, kind);
+        let merged = self.merge_kind_fields(def, kind);
+        let (inputs, merged) = (inputs?, merged?);
+        let resolved = match kind.resolve_params(&Value::Object(merged)) {
+            Ok(v) => v,
+            Err(err) => {
+                let e = param_error(self.pipeline, def, kind.fields(), &err);
+                self.errors.push(e);
+                return None;
+            }
+        };
+        let StageParams {
+            params,
+            recorded,
+            key_params,
+        } = self.named_paths(def, kind, &resolved);
+        Some(ResolvedStage {
+            name: def.name.clone(),
+            kind: def.kind.clone(),
+            kind_version: kind.version(),
+            execution: kind.execution(),
+            inputs,
+            outputs: kind.declared_outputs(&resolved),
+            params,
+            recorded_params: recorded,
+            key_params,
+            seed: def.seed,
+            line: def.line,
+            origin: def.origin.clone(),
+        })
+    }
+
+    fn error(&mut self, field: &str, message: String) {
+        self.errors
+            .push(self.pipeline.source().error(field, message));
+    }
+
+    /// Input name -> producing stage's index, every input accepted by the kind and every
+    /// required one wired.
+    fn stage_inputs(
+        &mut self,
+        def: &StageDef,
+        kind: &dyn Stage,
+    ) -> Option<BTreeMap<String, usize>> {
+        let origin = &def.origin;
         let spec = kind.inputs();
+        let mut ok = true;
         let mut inputs = BTreeMap::new();
         for (input, producer) in &def.inputs {
             if !spec.accepts(input) {
@@ -151,198 +250,151 @@ pub fn resolve_with_cache(
                     .map(|r| format!("{r} (required)"))
                     .collect();
                 takes.extend(spec.optional.iter().map(|o| o.to_string()));
-                errors.push(src.error(
-                    &format!("{origin}.inputs.{input}"),
-                    format!(
-                        "kind `{}` has no input `{input}`{}; it takes: {}",
-                        def.kind,
-                        suggest(input, spec.required.iter().chain(&spec.optional).copied()),
-                        if takes.is_empty() {
-                            "no inputs".to_string()
-                        } else {
-                            takes.join(", ")
-                        }
-                    ),
-                ));
+                let message = format!(
+                    "kind `{}` has no input `{input}`{}; it takes: {}",
+                    def.kind,
+                    suggest(input, spec.required.iter().chain(&spec.optional).copied()),
+                    if takes.is_empty() {
+                        "no inputs".to_string()
+                    } else {
+                        takes.join(", ")
+                    }
+                );
+                self.error(&format!("{origin}.inputs.{input}"), message);
                 ok = false;
             }
-            match index.get(producer.as_str()) {
+            match self.index.get(producer.as_str()) {
                 Some(&p) => {
                     inputs.insert(input.clone(), p);
                 }
                 None => {
-                    errors.push(src.error(
+                    self.error(
                         &format!("{origin}.inputs.{input}"),
                         format!("unknown stage `{producer}`"),
-                    ));
+                    );
                     ok = false;
                 }
             }
         }
         for required in &spec.required {
             if !def.inputs.contains_key(*required) {
-                errors.push(src.error(
+                self.error(
                     &format!("{origin}.inputs"),
                     format!("kind `{}` needs input `{required}` (inputs = {{ {required} = \"STAGE\" }})", def.kind),
-                ));
+                );
                 ok = false;
             }
         }
-        // Kind fields merged into params.
+        ok.then_some(inputs)
+    }
+
+    /// The stage's params with its kind fields (`cmd`, `outputs`, ...) merged in at the top
+    /// level; unknown fields and fields set in the wrong place are errors.
+    fn merge_kind_fields(
+        &mut self,
+        def: &StageDef,
+        kind: &dyn Stage,
+    ) -> Option<serde_json::Map<String, Value>> {
+        let origin = &def.origin;
         let allowed = kind.fields();
+        let mut ok = true;
         let mut merged = def.params.clone();
         for (field, value) in &def.kind_fields {
             if !allowed.contains(&field.as_str()) {
                 let mut known: Vec<&str> = ENGINE_FIELDS.to_vec();
                 known.extend(allowed);
-                errors.push(src.error(
-                    &format!("{origin}.{field}"),
-                    format!(
-                        "unknown field for kind `{}`{}; a stage table has: {} (put stage settings in `params`)",
-                        def.kind,
-                        suggest(field, known.iter().copied()),
-                        known.join(", ")
-                    ),
-                ));
+                let message = format!(
+                    "unknown field for kind `{}`{}; a stage table has: {} (put stage settings in `params`)",
+                    def.kind,
+                    suggest(field, known.iter().copied()),
+                    known.join(", ")
+                );
+                self.error(&format!("{origin}.{field}"), message);
                 ok = false;
                 continue;
             }
             if def.params.contains_key(field) {
-                errors.push(src.error(
+                self.error(
                     &format!("{origin}.params.{field}"),
                     format!(
                         "`{field}` is a field of kind `{}`, set it beside `kind`, not in params",
                         def.kind
                     ),
-                ));
+                );
                 ok = false;
                 continue;
             }
             merged.insert(field.clone(), value.clone());
         }
-        if !ok {
-            continue;
-        }
-        let resolved = match kind.resolve_params(&Value::Object(merged)) {
-            Ok(v) => v,
-            Err(err) => {
-                errors.push(param_error(&pipeline, def, kind.fields(), &err));
-                continue;
-            }
+        ok.then_some(merged)
+    }
+
+    /// Files and directories named by params: their content into the key, their absolute path
+    /// to the stage, both into the recorded params.
+    fn named_paths(&mut self, def: &StageDef, kind: &dyn Stage, resolved: &Value) -> StageParams {
+        let mut out = StageParams {
+            params: resolved.clone(),
+            recorded: resolved.clone(),
+            key_params: Canon::from_json(resolved),
         };
-        // Files named by params: content into the key, absolute path to the stage.
-        let mut params = resolved.clone();
-        let mut recorded = resolved.clone();
-        let mut key_params = Canon::from_json(&resolved);
         let named = kind
-            .file_params(&resolved)
+            .file_params(resolved)
             .into_iter()
             .map(|path| (path, PathKind::File))
             .chain(
-                kind.dir_params(&resolved)
+                kind.dir_params(resolved)
                     .into_iter()
                     .map(|path| (path, PathKind::Dir)),
             );
         for (path, what) in named {
-            let Some(Value::String(given)) = get_path(&resolved, &path) else {
-                errors.push(param_error(
-                    &pipeline,
+            let fail = |message: String| {
+                param_error(
+                    self.pipeline,
                     def,
                     kind.fields(),
-                    &ParamError::new(
-                        path.clone(),
-                        format!("names a {} but is not a string", what.noun()),
-                    ),
-                ));
+                    &ParamError::new(path.clone(), message),
+                )
+            };
+            let Some(Value::String(given)) = get_path(resolved, &path) else {
+                let e = fail(format!("names a {} but is not a string", what.noun()));
+                self.errors.push(e);
                 continue;
             };
-            let found = match find_path(&pipeline, given, what) {
+            let found = match find_path(self.pipeline, given, what) {
                 Ok(found) => found,
                 Err(message) => {
-                    errors.push(param_error(
-                        &pipeline,
-                        def,
-                        kind.fields(),
-                        &ParamError::new(path.clone(), message),
-                    ));
+                    let e = fail(message);
+                    self.errors.push(e);
                     continue;
                 }
             };
-            let hash = match file_hashes.get(&found) {
+            let hash = match self.file_hashes.get(&found) {
                 Some(h) => *h,
-                None => match what.hash(&found, cache) {
+                None => match what.hash(&found, self.cache) {
                     Ok(h) => {
-                        file_hashes.insert(found.clone(), h);
+                        self.file_hashes.insert(found.clone(), h);
                         h
                     }
                     Err(e) => {
-                        errors.push(param_error(
-                            &pipeline,
-                            def,
-                            kind.fields(),
-                            &ParamError::new(
-                                path.clone(),
-                                format!("cannot read `{}`: {e}", found.display()),
-                            ),
-                        ));
+                        let e = fail(format!("cannot read `{}`: {e}", found.display()));
+                        self.errors.push(e);
                         continue;
                     }
                 },
             };
             set_path(
-                &mut params,
+                &mut out.params,
                 &path,
                 Value::String(found.display().to_string()),
             );
             set_path(
-                &mut recorded,
+                &mut out.recorded,
                 &path,
                 serde_json::json!({ what.record_field(): given, "blake3": blake3::Hash::from(hash).to_hex().to_string() }),
             );
-            key_params.replace(&path, Canon::File(hash));
+            out.key_params.replace(&path, Canon::File(hash));
         }
-        stages.push((
-            def.name.clone(),
-            ResolvedStage {
-                name: def.name.clone(),
-                kind: def.kind.clone(),
-                kind_version: kind.version(),
-                execution: kind.execution(),
-                inputs: BTreeMap::new(),
-                outputs: kind.declared_outputs(&resolved),
-                params,
-                recorded_params: recorded,
-                key_params,
-                seed: def.seed,
-                line: def.line,
-                origin: def.origin.clone(),
-            },
-            inputs,
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(PipelineErrors::sorted(errors));
-    }
-    // All stages resolved, so indices in `index` match positions in `stages`.
-    let mut graph = DiGraph::new();
-    let nodes: Vec<NodeIndex> = (0..stages.len()).map(|i| graph.add_node(i)).collect();
-    let mut out = Vec::with_capacity(stages.len());
-    for (i, (_, mut stage, inputs)) in stages.into_iter().enumerate() {
-        for (input, &p) in &inputs {
-            graph.add_edge(nodes[p], nodes[i], input.clone());
-        }
-        stage.inputs = inputs;
-        out.push(stage);
-    }
-    let resolved = Resolved {
-        pipeline,
-        stages: out,
-        order: Vec::new(),
-        graph,
-    };
-    match topo_order(&resolved) {
-        Ok(order) => Ok(Resolved { order, ..resolved }),
-        Err(cycle) => Err(PipelineErrors::one(cycle_error(&resolved, &cycle))),
+        out
     }
 }
 
@@ -601,73 +653,4 @@ fn describe_file_type(ft: &std::fs::FileType) -> &'static str {
     } else {
         "is not a regular file or directory"
     }
-}
-
-fn hash_file(path: &Path, cache: Option<&HashCache>) -> std::io::Result<[u8; 32]> {
-    match cache {
-        Some(cache) => cache.hash_file(path),
-        None => hash_content(path),
-    }
-}
-
-/// Deepest directory nesting followed under a directory param: symlinked directories are
-/// followed (Hugging Face cache snapshots are links), and a link cycle must end somewhere.
-const MAX_DIR_DEPTH: usize = 16;
-
-/// A directory's content hash: over every file below it (symlinks followed, names starting
-/// with `.` skipped), in byte order of their `/`-separated relative paths, each as
-/// (path, size, blake3 of the content), length-prefixed. Names and contents count; mtimes
-/// and the directory's own location do not.
-fn hash_dir(root: &Path, cache: Option<&HashCache>) -> std::io::Result<[u8; 32]> {
-    let mut files = Vec::new();
-    collect_files(root, String::new(), 0, &mut files)?;
-    files.sort();
-    let mut hasher = blake3::Hasher::new_derive_key("rise-engine directory content v1");
-    hasher.update(&(files.len() as u64).to_le_bytes());
-    for (rel, size) in &files {
-        hasher.update(&(rel.len() as u64).to_le_bytes());
-        hasher.update(rel.as_bytes());
-        hasher.update(&size.to_le_bytes());
-        hasher.update(&hash_file(&root.join(rel), cache)?);
-    }
-    Ok(*hasher.finalize().as_bytes())
-}
-
-fn collect_files(
-    dir: &Path,
-    prefix: String,
-    depth: usize,
-    out: &mut Vec<(String, u64)>,
-) -> std::io::Result<()> {
-    if depth > MAX_DIR_DEPTH {
-        return Err(std::io::Error::other(format!(
-            "more than {MAX_DIR_DEPTH} nested directories under it (a symlink cycle?)"
-        )));
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            return Err(std::io::Error::other(format!(
-                "{}: file name is not UTF-8",
-                entry.path().display()
-            )));
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        // `metadata` follows symlinks: a linked file counts by its target's content.
-        let meta = std::fs::metadata(entry.path())?;
-        if meta.is_dir() {
-            collect_files(&entry.path(), rel, depth + 1, out)?;
-        } else if meta.is_file() {
-            out.push((rel, meta.len()));
-        }
-    }
-    Ok(())
 }
