@@ -5,13 +5,17 @@
 //! ([`key`]) from its kind, version, resolved params, input artifact ids and seed, and runs only
 //! the stages whose keys have no valid committed result ([`exec`]). It knows nothing of RISE or
 //! torch: stage kinds come from other crates through the [`stage::Stage`] trait.
+pub mod audit;
 pub mod child;
 pub mod content_hash;
 pub mod error;
 pub mod exec;
+pub mod explain;
 pub mod hash_cache;
 pub mod key;
+pub mod lineage;
 pub mod lock;
+pub mod lookup;
 pub mod orphans;
 pub mod pipeline;
 pub mod plan;
