@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use rise_data::grade::{grade_many, grade_with, GradeOptions, Rewards, TaskKind, Verdict};
+use rise_data::grade::{
+    grade_many, grade_with, GradeOptions, GradeOutcome, Rewards, TaskKind, Verdict,
+};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -89,7 +91,7 @@ pub struct Args {
 
 /// `--json` output; fields in this order on purpose (people read it).
 #[derive(Serialize)]
-struct SingleVerdict<'a> {
+struct SingleJson<'a> {
     task: &'a str,
     correct: bool,
     reward: f64,
@@ -99,7 +101,7 @@ struct SingleVerdict<'a> {
 
 /// One `--jsonl` output line (the documented contract: exactly these three fields).
 #[derive(Serialize)]
-struct LineVerdict<'a> {
+struct LineJson<'a> {
     correct: bool,
     pred_answer: Option<&'a str>,
     gold_answer: &'a str,
@@ -139,7 +141,7 @@ fn grade(args: Args) -> Result<ExitCode> {
     };
     let v = grade_with(args.task, gold, &pred, &opts);
     if args.json {
-        let obj = SingleVerdict {
+        let obj = SingleJson {
             task: args.task.name(),
             correct: v.correct,
             reward: v.reward,
@@ -153,13 +155,11 @@ fn grade(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_human(v: &Verdict) {
-    let outcome = if v.correct {
-        "correct"
-    } else if v.is_unparseable() {
-        "unparseable (no \\boxed{} answer in the response)"
-    } else {
-        "wrong"
+fn print_human(v: &GradeOutcome) {
+    let outcome = match v.verdict() {
+        Verdict::Correct => "correct",
+        Verdict::Unparsed => "unparseable (no \\boxed{} answer in the response)",
+        Verdict::Wrong => "wrong",
     };
     println!("verdict:     {outcome}");
     println!("reward:      {}", v.reward);
@@ -222,7 +222,7 @@ fn grade_jsonl(task: TaskKind, path: &Path, opts: &GradeOptions) -> Result<ExitC
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     for v in &verdicts {
-        let line = LineVerdict {
+        let line = LineJson {
             correct: v.correct,
             pred_answer: v.pred_answer.as_deref(),
             gold_answer: &v.gold_answer,
@@ -230,8 +230,8 @@ fn grade_jsonl(task: TaskKind, path: &Path, opts: &GradeOptions) -> Result<ExitC
         writeln!(out, "{}", serde_json::to_string(&line)?).context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")?;
-    let correct = verdicts.iter().filter(|v| v.correct).count();
-    let unparseable = verdicts.iter().filter(|v| v.is_unparseable()).count();
+    let count = |verdict| verdicts.iter().filter(|v| v.verdict() == verdict).count();
+    let (correct, unparseable) = (count(Verdict::Correct), count(Verdict::Unparsed));
     let n = verdicts.len();
     eprintln!(
         "graded {n} ({task}): {correct} correct, {} wrong, {unparseable} unparseable; accuracy {:.2}%",

@@ -129,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect();
             let cfg = TrainConfig {
                 lr: 1e-4,
-                warmup_frac: 0.0,
+                warmup: 0.0,
                 batch_size: TRAIN_BATCH,
                 duration: Duration::Steps(TRAIN_STEPS + 1),
                 max_len: TRAIN_LEN,

@@ -37,6 +37,144 @@ struct Layer {
     down_bias: Option<Tensor>,
 }
 
+/// Projections that read the same input (q, k, v; gate, up) are declared as row ranges of one
+/// buffer, so that a forward pass can make one product where it would make two or three: at
+/// batch 1 a decode step of a 30-layer model then makes 90 fewer, each a pass over the
+/// activations and a wake-up of the thread pool. The variables keep their Hugging Face names
+/// and stay ordinary leaves; only their storage is shared.
+///
+/// No stacked tensor is kept: [`stacked_view`] finds the rows adjacent in one storage at each
+/// use, so whatever moves a variable's data (the trainer's flat buffer) can never leave a stale
+/// copy behind, and costs no memory.
+fn stack_rows(parts: &[&Tensor]) {
+    let buffer = Tensor::cat(parts, 0);
+    tch::no_grad(|| {
+        let mut offset = 0;
+        for part in parts {
+            let n = part.size()[0];
+            part.shallow_clone().set_data(&buffer.narrow(0, offset, n));
+            offset += n;
+        }
+    });
+}
+
+/// `parts` as one tensor of their stacked rows, a view of their shared storage, when they
+/// lie there back to back; `None` otherwise. Also `None` where autograd records the forward
+/// pass and a part requires a gradient: the backward of such a view would allocate the
+/// whole storage (the trainer's flat buffer) per use.
+fn stacked_view(parts: &[&Tensor]) -> Option<Tensor> {
+    let first = parts.first()?;
+    if parts.iter().any(|p| p.requires_grad()) && grad_enabled() {
+        return None;
+    }
+    let (kind, device) = (first.kind(), first.device());
+    let row: i64 = first.size().iter().skip(1).product();
+    let elem = kind.elt_size_in_bytes();
+    let mut next = first.data_ptr() as usize;
+    let mut rows = 0;
+    for part in parts {
+        let size = part.size();
+        if part.kind() != kind
+            || part.device() != device
+            || !part.is_contiguous()
+            || size.iter().skip(1).product::<i64>() != row
+            || part.data_ptr() as usize != next
+        {
+            return None;
+        }
+        rows += size[0];
+        next += (size[0] * row) as usize * elem;
+    }
+    let mut shape = first.size();
+    shape[0] = rows;
+    let strides: Vec<i64> = first.stride();
+    // Out of the storage's bounds (parts adjacent in memory by chance, in different
+    // allocations) is an error, hence the fallible call.
+    first
+        .f_as_strided(shape.as_slice(), strides.as_slice(), None)
+        .ok()
+}
+
+/// Whether autograd records operations now (libtorch's thread-local grad mode).
+fn grad_enabled() -> bool {
+    // SAFETY: sets the thread-local flag and returns its previous value; it is set back at once.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
+    }
+}
+
+/// `x · wᵀ (+ b)` for stacked weights, split back into parts of `rows` outputs each.
+fn project_stacked(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    rows: &[i64],
+    kind: Kind,
+) -> Vec<Tensor> {
+    let y = linear(x, w, b, kind);
+    let mut offset = 0;
+    rows.iter()
+        .map(|&n| {
+            let part = y.narrow(-1, offset, n);
+            offset += n;
+            part
+        })
+        .collect()
+}
+
+impl Layer {
+    /// q, k, v from one product when they are stacked (see [`stacked_view`]), else one each.
+    fn qkv(&self, h: &Tensor, kind: Kind) -> (Tensor, Tensor, Tensor) {
+        let parts = [&self.q, &self.k, &self.v];
+        let biases = [
+            self.q_bias.as_ref(),
+            self.k_bias.as_ref(),
+            self.v_bias.as_ref(),
+        ];
+        if let Some((w, b)) = stacked_with_biases(&parts, &biases) {
+            let rows = parts.map(|p| p.size()[0]);
+            let mut out = project_stacked(h, &w, b.as_ref(), &rows, kind).into_iter();
+            if let (Some(q), Some(k), Some(v)) = (out.next(), out.next(), out.next()) {
+                return (q, k, v);
+            }
+        }
+        (
+            linear(h, &self.q, biases[0], kind),
+            linear(h, &self.k, biases[1], kind),
+            linear(h, &self.v, biases[2], kind),
+        )
+    }
+
+    /// SwiGLU's `silu(gate) * up`, from one product when gate and up are stacked.
+    fn gated(&self, h: &Tensor, kind: Kind) -> Tensor {
+        let parts = [&self.gate, &self.up];
+        let biases = [self.gate_bias.as_ref(), self.up_bias.as_ref()];
+        if let Some((w, b)) = stacked_with_biases(&parts, &biases) {
+            let rows = parts.map(|p| p.size()[0]);
+            if let [gate, up] = project_stacked(h, &w, b.as_ref(), &rows, kind).as_slice() {
+                return gate.silu() * up;
+            }
+        }
+        linear(h, &self.gate, biases[0], kind).silu() * linear(h, &self.up, biases[1], kind)
+    }
+}
+
+/// The stacked weights of `parts` and, when they have biases, the stacked biases; `None`
+/// unless all of it is stacked.
+fn stacked_with_biases(
+    parts: &[&Tensor],
+    biases: &[Option<&Tensor>],
+) -> Option<(Tensor, Option<Tensor>)> {
+    let w = stacked_view(parts)?;
+    match biases.iter().copied().collect::<Option<Vec<&Tensor>>>() {
+        Some(bs) => Some((w, Some(stacked_view(&bs)?))),
+        None if biases.iter().all(Option::is_none) => Some((w, None)),
+        None => None,
+    }
+}
+
 /// The decoder. Build it with [`Llama::new`] on a `VarStore` path, or get a [`Model`] from
 /// [`crate::checkpoint::load`] / [`crate::checkpoint::init_random`].
 #[derive(Debug)]
@@ -218,6 +356,7 @@ impl Model {
     }
 }
 
+#[cfg(test)]
 fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[x.dim() - 1] / 2;
     let x1 = x.narrow(-1, 0, half);
@@ -258,9 +397,32 @@ pub fn rope_inv_freq(cfg: &LlamaConfig, device: Device) -> Tensor {
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, kind: Kind) -> Tensor {
-    let w = w.to_kind(kind);
-    let b = b.map(|b| b.to_kind(kind));
-    x.linear(&w, b.as_ref())
+    // A same-kind `to_kind` copies nothing but still goes through the dispatcher, and a
+    // decode step makes hundreds of them: cast only what is not in `kind` already.
+    let cast_w;
+    let w = if w.kind() == kind {
+        w
+    } else {
+        cast_w = w.to_kind(kind);
+        &cast_w
+    };
+    let cast_b;
+    let b = match b {
+        Some(b) if b.kind() != kind => {
+            cast_b = b.to_kind(kind);
+            Some(&cast_b)
+        }
+        other => other,
+    };
+    x.linear(w, b)
+}
+
+/// RoPE: `x * cos + rotate_half(x) * sin`, with `sin_signed` = sin whose first half is
+/// negated, so that `rotate_half(x) * sin` = `roll(x, d / 2) * sin_signed`: the same
+/// products (a negation is exact), in one call instead of four.
+fn rope(x: &Tensor, cos: &Tensor, sin_signed: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    x * cos + x.roll([half], [-1]) * sin_signed
 }
 
 impl Llama {
@@ -306,22 +468,41 @@ impl Llama {
                     &attn / "o_proj",
                 );
                 let (gp, upp, dp) = (&mlp / "gate_proj", &mlp / "up_proj", &mlp / "down_proj");
+                let (q, k, v) = (
+                    mat(&qp, q_out, h)?,
+                    mat(&kp, kv_out, h)?,
+                    mat(&vp, kv_out, h)?,
+                );
+                let q_bias = bias(cfg.qkv_bias, &qp, q_out)?;
+                let k_bias = bias(cfg.qkv_bias, &kp, kv_out)?;
+                let v_bias = bias(cfg.qkv_bias, &vp, kv_out)?;
+                let (gate, up) = (mat(&gp, i, h)?, mat(&upp, i, h)?);
+                let gate_bias = bias(cfg.mlp_bias, &gp, i)?;
+                let up_bias = bias(cfg.mlp_bias, &upp, i)?;
+                stack_rows(&[&q, &k, &v]);
+                stack_rows(&[&gate, &up]);
+                if let (Some(qb), Some(kb), Some(vb)) = (&q_bias, &k_bias, &v_bias) {
+                    stack_rows(&[qb, kb, vb]);
+                }
+                if let (Some(gb), Some(ub)) = (&gate_bias, &up_bias) {
+                    stack_rows(&[gb, ub]);
+                }
                 Ok(Layer {
                     input_norm: ones(&(&p / "input_layernorm"))?,
-                    q: mat(&qp, q_out, h)?,
-                    k: mat(&kp, kv_out, h)?,
-                    v: mat(&vp, kv_out, h)?,
+                    q,
+                    k,
+                    v,
                     o: mat(&op, h, q_out)?,
-                    q_bias: bias(cfg.qkv_bias, &qp, q_out)?,
-                    k_bias: bias(cfg.qkv_bias, &kp, kv_out)?,
-                    v_bias: bias(cfg.qkv_bias, &vp, kv_out)?,
+                    q_bias,
+                    k_bias,
+                    v_bias,
                     o_bias: bias(cfg.o_bias, &op, h)?,
                     post_norm: ones(&(&p / "post_attention_layernorm"))?,
-                    gate: mat(&gp, i, h)?,
-                    up: mat(&upp, i, h)?,
+                    gate,
+                    up,
                     down: mat(&dp, h, i)?,
-                    gate_bias: bias(cfg.mlp_bias, &gp, i)?,
-                    up_bias: bias(cfg.mlp_bias, &upp, i)?,
+                    gate_bias,
+                    up_bias,
                     down_bias: bias(cfg.mlp_bias, &dp, h)?,
                 })
             })
@@ -368,6 +549,12 @@ impl Llama {
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Tensor {
+        if x.kind() == Kind::Float && weight.kind() == Kind::Float {
+            // All fp32, transformers' steps below are libtorch's `rms_norm` (one call, the
+            // same arithmetic: square, mean, add eps, rsqrt, scale, times the weight).
+            let width = x.size()[x.dim() - 1];
+            return x.rms_norm([width], Some(weight), self.cfg.rms_norm_eps);
+        }
         // As transformers: normalise in fp32, cast back, then scale.
         let xf = x.to_kind(Kind::Float);
         let var = xf.square().mean_dim(-1, true, Kind::Float);
@@ -506,6 +693,11 @@ impl Llama {
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         let cos = emb.cos().to_kind(kind).unsqueeze(1);
         let sin = emb.sin().to_kind(kind).unsqueeze(1);
+        let half = self.cfg.head_dim as i64 / 2;
+        let sin_signed = Tensor::cat(
+            &[sin.narrow(-1, 0, half).neg(), sin.narrow(-1, half, half)],
+            -1,
+        );
         // An additive bias, built once per call: the math kernel's handling of boolean masks
         // is not part of its contract (it gave wrong results here), an additive bias is.
         let mask = self
@@ -521,17 +713,12 @@ impl Llama {
         let mut x = Tensor::embedding(&self.embed, input_ids, -1, false, false).to_kind(kind);
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.input_norm);
-            let q = linear(&h, &layer.q, layer.q_bias.as_ref(), kind)
-                .view([b, t, nh, d])
-                .transpose(1, 2);
-            let k = linear(&h, &layer.k, layer.k_bias.as_ref(), kind)
-                .view([b, t, nkv, d])
-                .transpose(1, 2);
-            let v = linear(&h, &layer.v, layer.v_bias.as_ref(), kind)
-                .view([b, t, nkv, d])
-                .transpose(1, 2);
-            let q = &q * &cos + rotate_half(&q) * &sin;
-            let k = &k * &cos + rotate_half(&k) * &sin;
+            let (q, k, v) = layer.qkv(&h, kind);
+            let q = q.view([b, t, nh, d]).transpose(1, 2);
+            let k = k.view([b, t, nkv, d]).transpose(1, 2);
+            let v = v.view([b, t, nkv, d]).transpose(1, 2);
+            let q = rope(&q, &cos, &sin_signed);
+            let k = rope(&k, &cos, &sin_signed);
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => {
                     c.k[l].narrow(2, past, t).copy_(&k);
@@ -544,9 +731,12 @@ impl Llama {
             let y = y.transpose(1, 2).reshape([b, t, nh * d]);
             x = x + linear(&y, &layer.o, layer.o_bias.as_ref(), kind);
             let h = self.rms_norm(&x, &layer.post_norm);
-            let gate = linear(&h, &layer.gate, layer.gate_bias.as_ref(), kind).silu();
-            let up = linear(&h, &layer.up, layer.up_bias.as_ref(), kind);
-            x = x + linear(&(gate * up), &layer.down, layer.down_bias.as_ref(), kind);
+            x = x + linear(
+                &layer.gated(&h, kind),
+                &layer.down,
+                layer.down_bias.as_ref(),
+                kind,
+            );
         }
         if let Some(c) = cache {
             c.len += t;
@@ -615,4 +805,75 @@ fn efficient_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Opt
     )
     .ok()
     .map(|r| r.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+
+    fn tiny() -> LlamaConfig {
+        LlamaConfig::tiny(64)
+    }
+
+    #[test]
+    fn rope_by_roll_equals_rotate_half_exactly() {
+        let x = Tensor::randn([2, 3, 5, 8], (Kind::Float, Device::Cpu));
+        let angles = Tensor::randn([1, 1, 5, 4], (Kind::Float, Device::Cpu));
+        let emb = Tensor::cat(&[&angles, &angles], -1);
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let sin_signed = Tensor::cat(&[sin.narrow(-1, 0, 4).neg(), sin.narrow(-1, 4, 4)], -1);
+        let reference = &x * &cos + rotate_half(&x) * &sin;
+        assert!(rope(&x, &cos, &sin_signed).equal(&reference));
+    }
+
+    #[test]
+    fn stacked_projections_are_the_variables_and_match_separate_products() {
+        let cfg = tiny();
+        let model = Model::random(&cfg, 7, Device::Cpu, Kind::Float);
+        let layer = &model.layers[0];
+        let _no_grad = tch::no_grad_guard();
+        let qkv = stacked_view(&[&layer.q, &layer.k, &layer.v]).expect("q, k, v stacked");
+        assert!(stacked_view(&[&layer.gate, &layer.up]).is_some());
+        assert!(
+            stacked_view(&[&layer.q, &layer.v]).is_none(),
+            "not adjacent"
+        );
+        // The VarStore's variable is the layer's tensor: writing one writes the stack.
+        let name = "model.layers.0.self_attn.k_proj.weight";
+        let var = model.vs.variables()[name].shallow_clone();
+        let _ = var.shallow_clone().fill_(0.5);
+        let (q_rows, k_rows) = (layer.q.size()[0], layer.k.size()[0]);
+        assert!(qkv.narrow(0, q_rows, k_rows).eq(0.5).all().int64_value(&[]) == 1);
+
+        let h = Tensor::randn([2, 3, cfg.hidden_size as i64], (Kind::Float, Device::Cpu));
+        let (q, k, v) = layer.qkv(&h, Kind::Float);
+        for (got, w) in [(&q, &layer.q), (&k, &layer.k), (&v, &layer.v)] {
+            let want = h.linear::<Tensor>(w, None);
+            let diff = (got - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "stacked product differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn moved_or_recorded_variables_take_separate_products() {
+        let cfg = tiny();
+        let model = Model::random(&cfg, 7, Device::Cpu, Kind::Float);
+        let layer = &model.layers[0];
+        // Autograd records and the variables require gradients: no view of the storage.
+        assert!(layer.up.requires_grad());
+        assert!(stacked_view(&[&layer.gate, &layer.up]).is_none());
+        assert!(tch::no_grad(|| stacked_view(&[&layer.gate, &layer.up])).is_some());
+        // What the trainer's flat buffer does: the data moves, the variable stays.
+        tch::no_grad(|| {
+            layer.up.shallow_clone().set_data(&(layer.up.copy() + 1.0));
+        });
+        assert!(tch::no_grad(|| stacked_view(&[&layer.gate, &layer.up])).is_none());
+        let h = Tensor::randn([1, 2, cfg.hidden_size as i64], (Kind::Float, Device::Cpu));
+        let got = tch::no_grad(|| layer.gated(&h, Kind::Float));
+        let want = tch::no_grad(|| {
+            h.linear::<Tensor>(&layer.gate, None).silu() * h.linear::<Tensor>(&layer.up, None)
+        });
+        assert!(got.allclose(&want, 1e-6, 1e-6, false));
+    }
 }

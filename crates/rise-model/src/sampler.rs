@@ -319,8 +319,11 @@ fn generate_inner(
         .to_device(device);
 
     let mut cache = KvCache::new(cfg, b, capacity, model.compute_kind(), device);
-    let prompt_mask = mask_all.narrow(1, 0, plen as i64);
-    let hidden = model.hidden(&ids, Some(&prompt_mask), Some(&mut cache), None);
+    // Without left padding the mask is all ones and plain causal attention is exact: the
+    // forward pass then builds no mask and attention takes no bias, on every step.
+    let padded = prompts.iter().any(|p| p.len() != plen);
+    let prompt_mask = padded.then(|| mask_all.narrow(1, 0, plen as i64));
+    let hidden = model.hidden(&ids, prompt_mask.as_ref(), Some(&mut cache), None);
     let last = model.logits(&hidden.select(1, -1));
 
     // Expand prompts to rows: row r is prompt r / n, sample r % n.
@@ -422,9 +425,9 @@ fn generate_inner(
         let p = Tensor::from_slice(&pos)
             .view([live.len() as i64, 1])
             .to_device(device);
-        let m = mask_all.narrow(1, 0, col + 1);
+        let m = padded.then(|| mask_all.narrow(1, 0, col + 1));
         logits = model
-            .forward(&x, Some(&m), Some(&mut cache), Some(&p))
+            .forward(&x, m.as_ref(), Some(&mut cache), Some(&p))
             .squeeze_dim(1);
     }
     done.append(&mut rows);

@@ -41,15 +41,20 @@ use tch::{Device, Kind, Tensor};
 
 use rise_dist::ProcessGroup;
 
+use rise_stages::kinds::{TrainParams, TrainingParams};
+use rise_stages::params::{check_value, defaults};
+
 use crate::checkpoint::{self, CheckpointError};
 use crate::llama::Model;
 
 /// How long to train.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Duration {
-    /// Passes over the examples (the last step may hold fewer examples).
-    Epochs(usize),
+    /// Passes over the examples, fractional allowed: ⌈epochs × examples / (batch_size ×
+    /// grad_accum)⌉ optimizer steps (at least one), every one full (the last takes what it
+    /// lacks from the next pass). The trainer records it as the [`Duration::Steps`] it makes.
+    Epochs(f64),
     /// Optimizer steps (the data order wraps into new epochs as needed).
     Steps(usize),
 }
@@ -60,8 +65,10 @@ pub enum Duration {
 pub struct TrainConfig {
     /// Peak learning rate.
     pub lr: f64,
-    /// Fraction of the steps spent warming up linearly from 0.
-    pub warmup_frac: f64,
+    /// Fraction of the steps spent warming up linearly from 0. (`warmup_frac` in the
+    /// checkpoints' JSON, as before it took the stage param's name: their fingerprints hold it.)
+    #[serde(rename = "warmup_frac")]
+    pub warmup: f64,
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
     /// Clip the global gradient norm to this (`0` = no clipping).
@@ -72,7 +79,9 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// How long to train.
     pub duration: Duration,
-    /// Examples are truncated to this many tokens.
+    /// The longest example, in tokens. A longer one is refused, never truncated (truncation
+    /// could cut away the trained answer): callers drop them first, as the `sft` and `train`
+    /// stages do (and count them).
     pub max_len: usize,
     /// Seeds the data order (a fresh permutation per epoch).
     pub seed: u64,
@@ -87,19 +96,30 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// RISE's release defaults where they apply (lr 1e-5, warmup 4%, no weight decay).
+    /// The `train` stage kind's defaults (rise-stages' `TrainParams`, where each is written
+    /// once), seed 0.
     fn default() -> Self {
+        let p: TrainParams =
+            defaults(TrainParams::FIELDS).expect("every param of the train kind has a default");
+        TrainConfig::from(&p.training)
+    }
+}
+
+impl From<&TrainingParams> for TrainConfig {
+    /// A stage's training params (`sft`, `train`), field by field; the seed is the stage's
+    /// to set. Adam's β and ε are PyTorch's, as in RISE's release (not stage params).
+    fn from(p: &TrainingParams) -> Self {
         TrainConfig {
-            lr: 1e-5,
-            warmup_frac: 0.04,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
-            batch_size: 8,
-            grad_accum: 1,
-            duration: Duration::Epochs(1),
-            max_len: 2048,
+            lr: p.lr,
+            warmup: p.warmup,
+            weight_decay: p.weight_decay,
+            grad_clip: p.grad_clip,
+            batch_size: p.batch_size,
+            grad_accum: p.grad_accum,
+            duration: Duration::Epochs(p.epochs),
+            max_len: p.max_len,
             seed: 0,
-            checkpoint_every: 0,
+            checkpoint_every: p.checkpoint_every,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -389,8 +409,9 @@ fn fingerprint(examples: &[TrainExample], config: &TrainConfig) -> String {
 }
 
 impl<'a> Trainer<'a> {
-    /// A fresh run. Validates the config and every example (lengths agree, at least one
-    /// trained token within `max_len`, finite non-negative weight).
+    /// A fresh run. Validates the config (within the stage params' bounds) and every example
+    /// (lengths agree, none over `max_len`, at least one trained token, finite non-negative
+    /// weight).
     pub fn new(
         model: &'a mut Model,
         config: TrainConfig,
@@ -412,27 +433,32 @@ impl<'a> Trainer<'a> {
 
     fn build(
         model: &'a mut Model,
-        config: TrainConfig,
+        mut config: TrainConfig,
         examples: Vec<TrainExample>,
         parallel: Option<DataParallel<'a>>,
     ) -> Result<Self, TrainError> {
-        if config.batch_size == 0 {
-            return Err(invalid("batch_size", "must be at least 1"));
-        }
-        if config.grad_accum == 0 {
-            return Err(invalid("grad_accum", "must be at least 1"));
-        }
-        if config.max_len < 2 {
-            return Err(invalid("max_len", "must be at least 2"));
-        }
-        if !(config.lr.is_finite() && config.lr >= 0.0) {
-            return Err(invalid("lr", "must be a finite number >= 0"));
-        }
-        if !(0.0..=1.0).contains(&config.warmup_frac) {
-            return Err(invalid("warmup_frac", "must be in [0, 1]"));
-        }
-        if config.grad_clip.is_nan() || config.grad_clip < 0.0 {
-            return Err(invalid("grad_clip", "must be >= 0 (0 disables clipping)"));
+        // The bounds of the stage params (rise-stages' `TrainingParams`), so that a config is
+        // accepted here exactly when a pipeline may ask for it.
+        let floats = [
+            ("lr", config.lr),
+            ("warmup", config.warmup),
+            ("weight_decay", config.weight_decay),
+            ("grad_clip", config.grad_clip),
+        ];
+        let ints = [
+            ("batch_size", config.batch_size),
+            ("grad_accum", config.grad_accum),
+            ("max_len", config.max_len),
+        ];
+        let values = floats
+            .into_iter()
+            .map(|(name, v)| (name, serde_json::Value::from(v)))
+            .chain(
+                ints.into_iter()
+                    .map(|(n, v)| (n, serde_json::Value::from(v))),
+            );
+        for (name, value) in values {
+            check_value(TrainingParams::FIELDS, name, &value).map_err(|m| invalid(name, m))?;
         }
         if examples.is_empty() {
             return Err(invalid("examples", "no training examples"));
@@ -455,14 +481,21 @@ impl<'a> Trainer<'a> {
                     format!("token {t} >= vocab size {vocab}"),
                 ));
             }
-            let n = e.ids.len().min(config.max_len);
-            if !e.loss_mask[..n].iter().skip(1).any(|&m| m) {
+            if e.ids.len() > config.max_len {
                 return Err(invalid(
-                    format!("examples[{i}].loss_mask"),
+                    format!("examples[{i}].ids"),
                     format!(
-                        "no trained token among the first {n} (raise max_len = {} or fix the mask)",
+                        "{} tokens, over max_len = {}: drop longer examples first (nothing is \
+                         truncated)",
+                        e.ids.len(),
                         config.max_len
                     ),
+                ));
+            }
+            if !e.loss_mask.iter().skip(1).any(|&m| m) {
+                return Err(invalid(
+                    format!("examples[{i}].loss_mask"),
+                    "no trained token (the first token is never predicted)",
                 ));
             }
             if !(e.weight.is_finite() && e.weight >= 0.0) {
@@ -475,8 +508,13 @@ impl<'a> Trainer<'a> {
         let per_step = config.batch_size * config.grad_accum;
         let total_steps = match config.duration {
             Duration::Steps(s) => s,
-            Duration::Epochs(e) => (examples.len() * e).div_ceil(per_step),
+            Duration::Epochs(e) => ((e * examples.len() as f64) / per_step as f64)
+                .ceil()
+                .max(1.0) as usize,
         };
+        // Recorded as steps, so that a checkpoint's config (and the fingerprint that holds it)
+        // is the same however the length was given.
+        config.duration = Duration::Steps(total_steps);
         if model.device().is_cuda() {
             model.llama.set_compute_kind(Kind::BFloat16);
         }
@@ -559,7 +597,7 @@ impl<'a> Trainer<'a> {
     /// The learning rate for step `step` (0-based), as transformers' cosine schedule.
     pub fn lr_at(&self, step: usize) -> f64 {
         let total = self.total_steps.max(1) as f64;
-        let warmup = (self.config.warmup_frac * total).ceil();
+        let warmup = (self.config.warmup * total).ceil();
         let s = step as f64;
         if s < warmup {
             return self.config.lr * s / warmup.max(1.0);
@@ -587,20 +625,16 @@ impl<'a> Trainer<'a> {
     fn step_positions(&self, step: usize) -> std::ops::Range<usize> {
         let per_step = self.config.batch_size * self.config.grad_accum;
         let start = step * per_step;
-        let end = match self.config.duration {
-            Duration::Epochs(e) => (start + per_step).min(self.examples.len() * e),
-            Duration::Steps(_) => start + per_step,
-        };
-        start..end
+        // Every step is full: `build` turned epochs into steps.
+        start..start + per_step
     }
 
     /// Sum over `batch` of `weight × mean NLL of trained tokens`, and the real token count.
     fn batch_loss(&self, batch: &[usize]) -> (Tensor, usize) {
         let device = self.model.device();
-        let max_len = self.config.max_len;
         let t = batch
             .iter()
-            .map(|&i| self.examples[i].ids.len().min(max_len))
+            .map(|&i| self.examples[i].ids.len())
             .max()
             .unwrap_or(0);
         let b = batch.len();
@@ -610,7 +644,7 @@ impl<'a> Trainer<'a> {
         let mut tokens = 0;
         for (r, &i) in batch.iter().enumerate() {
             let e = &self.examples[i];
-            let n = e.ids.len().min(max_len);
+            let n = e.ids.len();
             tokens += n;
             weights[r] = e.weight;
             for j in 0..n {

@@ -51,7 +51,7 @@ fn data() -> Vec<TrainExample> {
 fn config(duration: Duration) -> TrainConfig {
     TrainConfig {
         lr: 3e-3,
-        warmup_frac: 0.1,
+        warmup: 0.1,
         weight_decay: 0.01,
         grad_clip: 1.0,
         batch_size: 2,

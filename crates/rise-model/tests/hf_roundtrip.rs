@@ -57,7 +57,7 @@ fn fine_tuned_fixtures_round_trip_through_transformers() {
         };
         let tc = TrainConfig {
             lr: 1e-2,
-            warmup_frac: 0.0,
+            warmup: 0.0,
             batch_size: 1,
             duration: Duration::Steps(3),
             ..Default::default()

@@ -38,7 +38,7 @@ fn data() -> Vec<TrainExample> {
 fn config(steps: usize) -> TrainConfig {
     TrainConfig {
         lr: 3e-3,
-        warmup_frac: 0.1,
+        warmup: 0.1,
         weight_decay: 0.01,
         grad_clip: 1.0,
         batch_size: 2,
@@ -98,7 +98,7 @@ fn weights_and_masks_change_the_gradient_as_the_formula_says() {
         weight_decay: 0.0,
         batch_size: 4,
         grad_accum: 1,
-        warmup_frac: 0.0,
+        warmup: 0.0,
         ..config(1)
     };
     let mut model = init_random(&cfg, 1);
@@ -344,7 +344,7 @@ fn cosine_schedule_warms_up_then_decays() {
         &mut model,
         TrainConfig {
             lr: 1.0,
-            warmup_frac: 0.1,
+            warmup: 0.1,
             ..config(100)
         },
         data(),

@@ -17,7 +17,7 @@ pub mod report;
 pub mod rollout;
 pub mod select;
 
-use kinds::WorkerStage;
+use kinds::KindStage;
 
 /// Re-exported so that rise-worker implements stages against the same engine types.
 pub use rise_engine;
@@ -25,10 +25,19 @@ pub use rise_engine;
 /// Registers every RISE kind: the in-process kinds with their implementations, the torch kinds
 /// as schemas (rise-worker replaces them with implementations in its own registry).
 pub fn register_all(registry: &mut rise_engine::Registry) {
-    registry.register(Box::new(kinds::dataset::DatasetStage));
-    registry.register(Box::new(kinds::grade::GradeStage));
-    registry.register(Box::new(kinds::report::ReportStage));
+    registry.register(Box::new(KindStage::with_run(
+        &kinds::dataset::SCHEMA,
+        kinds::dataset::run,
+    )));
+    registry.register(Box::new(KindStage::with_run(
+        &kinds::grade::SCHEMA,
+        kinds::grade::run,
+    )));
+    registry.register(Box::new(KindStage::with_run(
+        &kinds::report::SCHEMA,
+        kinds::report::run,
+    )));
     for schema in kinds::WORKER_KINDS {
-        registry.register(Box::new(WorkerStage::new(schema)));
+        registry.register(Box::new(KindStage::new(schema)));
     }
 }

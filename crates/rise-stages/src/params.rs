@@ -1,12 +1,15 @@
-//! Declarative parameter schemas for the stage kinds: types, ranges, defaults and docs.
+//! Stage params: one typed definition per param, with its range, default and doc.
 //!
-//! Every kind describes its params as a list of [`Field`]s; [`resolve`] checks a pipeline's
-//! `params` table against it (unknown names, wrong types, out-of-range values) and returns the
-//! resolved object with every default filled in, so that the cache key sees the full
-//! configuration and `rise plan` can show it.
+//! Each kind declares its params once with [`stage_params!`]: a struct (`TrainParams`, ...)
+//! that the stage reads with [`TypedParams::params`], and, generated from the same lines, the
+//! list of [`Field`]s (`TrainParams::FIELDS`) against which [`resolve`] checks a pipeline's
+//! `params` table (unknown names, wrong types, out-of-range values) and fills in every default,
+//! so that the cache key sees the full configuration and `rise plan` can show it. [`document`]
+//! writes the help text from the same list, defaults included.
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use rise_engine::ParamError;
+use rise_engine::{ParamError, StageContext, StageError};
 
 /// A param's type and accepted range.
 #[derive(Debug, Clone, Copy)]
@@ -233,18 +236,186 @@ pub fn resolve(fields: &[Field], params: &Value) -> Result<Value, ParamError> {
     Ok(Value::Object(out))
 }
 
-/// Reads a typed value from resolved params (for `run`); the engine resolved them, so a failure
-/// here means the params did not come through `resolve`.
-pub fn get<T: serde::de::DeserializeOwned>(
-    params: &Value,
-    name: &str,
-) -> Result<T, rise_engine::StageError> {
-    let v = params.get(name).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(v).map_err(|e| {
-        rise_engine::StageError::msg(format!(
-            "params.{name}: {e} (params were not resolved by this kind)"
-        ))
-    })
+/// A stage's resolved params as its kind's typed struct: `let p: TrainParams = ctx.params()?`.
+pub trait TypedParams {
+    /// Deserializes the resolved params. The engine resolved them against the same struct's
+    /// [`Field`]s, so a failure means they did not come through this kind's `resolve`.
+    fn params<T: DeserializeOwned>(&self) -> Result<T, StageError>;
+}
+
+impl TypedParams for StageContext {
+    fn params<T: DeserializeOwned>(&self) -> Result<T, StageError> {
+        T::deserialize(&self.params).map_err(|e| {
+            StageError::msg(format!(
+                "stage {}: params: {e} (params were not resolved by this kind)",
+                self.stage
+            ))
+        })
+    }
+}
+
+/// The value of every param with a default, as the typed struct: what a pipeline that sets
+/// none of them gets. `None` when a param is required.
+pub fn defaults<T: DeserializeOwned>(fields: &[Field]) -> Option<T> {
+    let resolved = resolve(fields, &Value::Null).ok()?;
+    T::deserialize(&resolved).ok()
+}
+
+/// Checks one value against the param `name` of `fields` (for code that takes the same
+/// setting outside a pipeline, such as the trainer's config): the bound stays in one place.
+pub fn check_value(fields: &[Field], name: &str, value: &Value) -> Result<(), String> {
+    let field = fields
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| format!("no param `{name}`"))?;
+    check(field, value).map(|_| ())
+}
+
+/// Declares a kind's params once: the typed struct its stage reads, and its schema
+/// (`NAME::FIELDS`: names, ranges, defaults and docs, in declaration order).
+///
+/// ```text
+/// stage_params! {
+///     /// The `sample` kind's params.
+///     pub struct SampleParams {
+///         ..sampling: SamplingParams;                         // a shared group, flattened
+///         turns: usize = int(1, 16), default 1, "on-policy turns per prompt";
+///         limit: Option<usize> = int(1, i64::MAX), optional, "use only the first N prompts";
+///     }
+/// }
+/// ```
+///
+/// A default is one token of JSON (`1.0`, `"all"`, `[]`, `{}`), written into the schema as
+/// text, so the help text shows exactly the default the stage gets. A group may set defaults of
+/// its params that differ per kind: `..training: TrainingParams { lr = 0.001, epochs = 3.0 };`.
+/// `optional` params resolve to `null` when absent (`Option` in the struct); `required`
+/// params have no default.
+#[macro_export]
+macro_rules! stage_params {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $crate::stage_params!(@munch [$(#[$meta])*] $name [] [] $($body)*);
+    };
+    (@munch $metas:tt $name:ident [$($fields:tt)*] [$($parts:tt)*]
+        $(#[$fm:meta])* .. $field:ident : $ty:ty $({ $($k:ident = $d:tt),* $(,)? })? ; $($rest:tt)*) => {
+        $crate::stage_params!(@munch $metas $name
+            [$($fields)* $(#[$fm])* #[serde(flatten)] pub $field: $ty,]
+            [$($parts)* &$crate::params::with_defaults::<{ <$ty>::FIELDS.len() }>(
+                <$ty>::FIELDS, &[$($((stringify!($k), stringify!($d))),*)?]),]
+            $($rest)*);
+    };
+    (@munch $metas:tt $name:ident [$($fields:tt)*] [$($parts:tt)*]
+        $field:ident : $ty:ty = $schema:expr, default $d:tt, $doc:expr ; $($rest:tt)*) => {
+        $crate::stage_params!(@munch $metas $name
+            [$($fields)* #[doc = $doc] pub $field: $ty,]
+            [$($parts)* &[$crate::params::Field::new(stringify!($field), $schema, stringify!($d), $doc)],]
+            $($rest)*);
+    };
+    (@munch $metas:tt $name:ident [$($fields:tt)*] [$($parts:tt)*]
+        $field:ident : $ty:ty = $schema:expr, optional, $doc:expr ; $($rest:tt)*) => {
+        $crate::stage_params!(@munch $metas $name
+            [$($fields)* #[doc = $doc] pub $field: $ty,]
+            [$($parts)* &[$crate::params::Field::optional(stringify!($field), $schema, $doc)],]
+            $($rest)*);
+    };
+    (@munch $metas:tt $name:ident [$($fields:tt)*] [$($parts:tt)*]
+        $field:ident : $ty:ty = $schema:expr, required, $doc:expr ; $($rest:tt)*) => {
+        $crate::stage_params!(@munch $metas $name
+            [$($fields)* #[doc = $doc] pub $field: $ty,]
+            [$($parts)* &[$crate::params::Field::required(stringify!($field), $schema, $doc)],]
+            $($rest)*);
+    };
+    (@munch [$($meta:tt)*] $name:ident [$($fields:tt)*] [$($parts:tt)*]) => {
+        $($meta)*
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub struct $name {
+            $($fields)*
+        }
+
+        impl $name {
+            const PARTS: &'static [&'static [$crate::params::Field]] = &[$($parts)*];
+            /// The schema of these params, in declaration order.
+            pub const FIELDS: &'static [$crate::params::Field] =
+                &$crate::params::concat::<{ $crate::params::count($name::PARTS) }>($name::PARTS);
+        }
+    };
+}
+
+/// Fields in `parts` together (for [`stage_params!`]).
+pub const fn count(parts: &[&[Field]]) -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < parts.len() {
+        n += parts[i].len();
+        i += 1;
+    }
+    n
+}
+
+/// `parts` as one list (for [`stage_params!`]); `N` must be [`count`]`(parts)`.
+pub const fn concat<const N: usize>(parts: &[&[Field]]) -> [Field; N] {
+    let mut out = [Field::optional("", Ty::Bool, ""); N];
+    let (mut n, mut i) = (0, 0);
+    while i < parts.len() {
+        let mut j = 0;
+        while j < parts[i].len() {
+            out[n] = parts[i][j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    assert!(n == N, "concat: N is not the number of fields");
+    out
+}
+
+/// `fields` with the defaults of some replaced (JSON text by name; for [`stage_params!`]).
+/// Naming a field that does not exist fails the build.
+pub const fn with_defaults<const N: usize>(
+    fields: &[Field],
+    defaults: &[(&'static str, &'static str)],
+) -> [Field; N] {
+    let mut out = [Field::optional("", Ty::Bool, ""); N];
+    assert!(
+        fields.len() == N,
+        "with_defaults: N is not the number of fields"
+    );
+    let mut i = 0;
+    while i < N {
+        out[i] = fields[i];
+        i += 1;
+    }
+    let mut d = 0;
+    while d < defaults.len() {
+        let mut found = false;
+        let mut i = 0;
+        while i < N {
+            if same(out[i].name, defaults[d].0) {
+                out[i].default = Some(defaults[d].1);
+                found = true;
+            }
+            i += 1;
+        }
+        assert!(
+            found,
+            "with_defaults: a default for a param the group does not have"
+        );
+        d += 1;
+    }
+    out
+}
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Markdown documentation of a schema, for `--help`-style listings and the README.

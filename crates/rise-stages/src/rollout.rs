@@ -38,32 +38,8 @@ pub enum Source {
     Teacher,
 }
 
-/// The grader's verdict on one response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Correct,
-    Wrong,
-    /// No final answer could be extracted (reward −1 by default).
-    Unparsed,
-}
-
-impl Verdict {
-    pub fn is_correct(self) -> bool {
-        self == Verdict::Correct
-    }
-
-    /// The verdict of a grader's result.
-    pub fn of(v: &rise_data::grade::Verdict) -> Verdict {
-        if v.correct {
-            Verdict::Correct
-        } else if v.is_unparseable() {
-            Verdict::Unparsed
-        } else {
-            Verdict::Wrong
-        }
-    }
-}
+/// The grader's verdict on one response (rise-data's, which maps a grade to it).
+pub use rise_data::grade::Verdict;
 
 /// One turn of a trajectory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@
 use rise_data::conversation::Message;
 use rise_data::grade::{grade, Rewards, TaskKind};
 
-use crate::rollout::{Attempt, Source, Trajectory, Verdict};
+use crate::rollout::{Attempt, Source, Trajectory};
 
 /// The release's degenerate-sample filter (rise-data's): any word repeated more than 150 times,
 /// or any whitespace-separated "word" longer than 300 characters.
@@ -133,7 +133,7 @@ pub fn relabel<E>(
                 source: opts.source,
                 candidates: cands.len() as u32,
                 answer: v.pred_answer.clone(),
-                verdict: Some(Verdict::of(v)),
+                verdict: Some(v.verdict()),
                 reward: Some(v.reward),
             });
         }
@@ -170,6 +170,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::Verdict;
 
     #[test]
     fn highest_reward_wins_and_ties_go_to_the_first() {
@@ -216,7 +217,7 @@ mod tests {
                 source: Source::Policy,
                 candidates: 1,
                 answer: v.pred_answer.clone(),
-                verdict: Some(Verdict::of(&v)),
+                verdict: Some(v.verdict()),
                 reward: Some(v.reward),
             }],
         }

@@ -26,19 +26,19 @@ pub struct Args {
     #[arg(long, required = true)]
     pub prompt: Vec<String>,
     /// Samples per prompt (they share one prefill).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = SamplingParams::default().n)]
     pub n: usize,
     /// Softmax temperature; 0 = greedy.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SamplingParams::default().temperature)]
     pub temperature: f64,
     /// Nucleus sampling mass (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SamplingParams::default().top_p)]
     pub top_p: f64,
     /// Keep only the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SamplingParams::default().top_k)]
     pub top_k: usize,
     /// Most new tokens per sample.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = SamplingParams::default().max_new_tokens)]
     pub max_new_tokens: usize,
     /// Random seed; the same seed gives the same samples on the CPU.
     #[arg(long, default_value_t = 0)]

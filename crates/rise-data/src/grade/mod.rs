@@ -36,6 +36,8 @@ pub enum TaskKind {
 impl TaskKind {
     /// Every kind, in the order `--help` lists them.
     pub const ALL: [TaskKind; 3] = [TaskKind::Gsm8k, TaskKind::Math, TaskKind::Synthetic];
+    /// Their names, in the same order (the choices of a `task` param).
+    pub const NAMES: [&'static str; 3] = ["gsm8k", "math", "synthetic"];
 
     /// The lowercase name used in configs and on the command line.
     pub fn name(self) -> &'static str {
@@ -103,7 +105,7 @@ pub struct GradeOptions {
 
 /// The outcome of grading one response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
+pub struct GradeOutcome {
     /// The predicted answer is equivalent to the gold answer.
     pub correct: bool,
     /// The reward for this outcome (see [`Rewards`]).
@@ -114,10 +116,41 @@ pub struct Verdict {
     pub gold_answer: String,
 }
 
-impl Verdict {
+impl GradeOutcome {
     /// No answer could be extracted from the response.
     pub fn is_unparseable(&self) -> bool {
         self.pred_answer.is_none()
+    }
+
+    /// The verdict: what rollouts record for an attempt and `rise grade` prints.
+    pub fn verdict(&self) -> Verdict {
+        if self.correct {
+            Verdict::Correct
+        } else if self.is_unparseable() {
+            Verdict::Unparsed
+        } else {
+            Verdict::Wrong
+        }
+    }
+}
+
+/// The grader's verdict on one response (stored in rollouts as `correct`, `wrong` or
+/// `unparsed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The answer is equivalent to the gold.
+    Correct,
+    /// An answer was found and it is wrong.
+    Wrong,
+    /// No final answer could be extracted (reward −1 by default).
+    Unparsed,
+}
+
+impl Verdict {
+    /// Whether the answer was right.
+    pub fn is_correct(self) -> bool {
+        self == Verdict::Correct
     }
 }
 
@@ -187,7 +220,7 @@ pub fn canonical_answer(task: TaskKind, answer: &str) -> String {
 /// assert!(v.correct);
 /// assert_eq!(v.gold_answer, "2,125");
 /// ```
-pub fn grade(task: TaskKind, gold: &str, response: &str, rewards: &Rewards) -> Verdict {
+pub fn grade(task: TaskKind, gold: &str, response: &str, rewards: &Rewards) -> GradeOutcome {
     grade_with(
         task,
         gold,
@@ -200,7 +233,7 @@ pub fn grade(task: TaskKind, gold: &str, response: &str, rewards: &Rewards) -> V
 }
 
 /// Grades `response` against `gold` with full options.
-pub fn grade_with(task: TaskKind, gold: &str, response: &str, opts: &GradeOptions) -> Verdict {
+pub fn grade_with(task: TaskKind, gold: &str, response: &str, opts: &GradeOptions) -> GradeOutcome {
     let gold_answer = gold_answer(gold);
     let pred = pred_answer(response, opts.answer_is_fallback);
     let correct = pred
@@ -211,7 +244,7 @@ pub fn grade_with(task: TaskKind, gold: &str, response: &str, opts: &GradeOption
         (Some(_), true) => opts.rewards.correct,
         (Some(_), false) => opts.rewards.wrong,
     };
-    Verdict {
+    GradeOutcome {
         correct,
         reward,
         pred_answer: pred,
@@ -220,7 +253,7 @@ pub fn grade_with(task: TaskKind, gold: &str, response: &str, opts: &GradeOption
 }
 
 /// Grades many `(gold, response)` pairs in parallel; the output is in input order.
-pub fn grade_many<G, R>(task: TaskKind, pairs: &[(G, R)], opts: &GradeOptions) -> Vec<Verdict>
+pub fn grade_many<G, R>(task: TaskKind, pairs: &[(G, R)], opts: &GradeOptions) -> Vec<GradeOutcome>
 where
     G: AsRef<str> + Sync,
     R: AsRef<str> + Sync,
@@ -254,6 +287,19 @@ mod tests {
     }
 
     #[test]
+    fn verdicts() {
+        let r = Rewards::default();
+        let v = |response| grade(TaskKind::Gsm8k, "#### 18", response, &r).verdict();
+        assert_eq!(v(r"\boxed{18}"), Verdict::Correct);
+        assert_eq!(v(r"\boxed{19}"), Verdict::Wrong);
+        assert_eq!(v("18"), Verdict::Unparsed);
+        assert_eq!(
+            serde_json::to_value([Verdict::Correct, Verdict::Wrong, Verdict::Unparsed]).unwrap(),
+            serde_json::json!(["correct", "wrong", "unparsed"])
+        );
+    }
+
+    #[test]
     fn fallback_only_when_enabled() {
         let on = GradeOptions {
             answer_is_fallback: true,
@@ -273,8 +319,13 @@ mod tests {
 
     #[test]
     fn task_names_round_trip() {
-        for k in TaskKind::ALL {
+        for (k, name) in TaskKind::ALL.into_iter().zip(TaskKind::NAMES) {
+            assert_eq!(k.name(), name);
             assert_eq!(k.name().parse::<TaskKind>().ok(), Some(k));
+            assert_eq!(
+                serde_json::from_value::<TaskKind>(name.into()).ok(),
+                Some(k)
+            );
         }
         assert!("gsm9k".parse::<TaskKind>().is_err());
     }

@@ -8,12 +8,13 @@ use rise_data::grade::TaskKind;
 use rise_data::synthetic::SyntheticConfig;
 use rise_data::task::FieldMap;
 use rise_data::Problem;
-use rise_engine::{Execution, InputSpec, ParamError, Stage, StageContext, StageError};
+use rise_engine::{Execution, ParamError, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::kinds::KindSchema;
-use crate::params::{get, int, Field, Ty};
+use crate::params::{int, Ty, TypedParams};
+use crate::stage_params;
 
 /// `dataset.json`: what downstream stages need to know about a dataset artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,21 +50,37 @@ fn check_fields(v: &Value) -> Result<Value, String> {
     serde_json::to_value(map).map_err(|e| e.to_string())
 }
 
+stage_params! {
+    /// The `dataset` kind's params.
+    pub struct DatasetParams {
+        source: String = Ty::Choice(&["synthetic", "gsm8k", "math", "jsonl"]), required,
+            "where the problems come from";
+        split: String = Ty::Choice(&["train", "test"]), default "train",
+            "synthetic only: which split of the generated pair (train and test never share a \
+             question when generated with the same settings and seed)";
+        path: Option<String> = Ty::File, optional, "the JSONL file (gsm8k, math, jsonl)";
+        task: Option<TaskKind> = Ty::Choice(&TaskKind::NAMES), optional,
+            "grading rules (default: from `source`; required for jsonl)";
+        limit: Option<usize> = int(1, i64::MAX), optional, "keep only the first N problems";
+        // A table rather than `SyntheticConfig`: whether it names a seed matters (without one
+        // the stage seed is used), and the config's own default seed would hide that.
+        synthetic: Value = Ty::Table(check_synthetic), default {},
+            "synthetic generator knobs: n_train, n_test, min_steps, max_steps, max_operand, \
+             max_factor, max_value, ops, seed (default: the stage seed)";
+        fields: Option<FieldMap> = Ty::Table(check_fields), optional,
+            "jsonl field mapping: question, solution, answer, id, meta, \
+             strip_calculator_annotations";
+    }
+}
+
 pub static SCHEMA: KindSchema = KindSchema {
     kind: "dataset",
     version: 1,
     execution: Execution::InProcess,
     required_inputs: &[],
     optional_inputs: &[],
-    fields: &[
-        Field::required("source", Ty::Choice(&["synthetic", "gsm8k", "math", "jsonl"]), "where the problems come from"),
-        Field::new("split", Ty::Choice(&["train", "test"]), "\"train\"", "synthetic only: which split of the generated pair (train and test never share a question when generated with the same settings and seed)"),
-        Field::optional("path", Ty::File, "the JSONL file (gsm8k, math, jsonl)"),
-        Field::optional("task", Ty::Choice(&["gsm8k", "math", "synthetic"]), "grading rules (default: from `source`; required for jsonl)"),
-        Field::optional("limit", int(1, i64::MAX), "keep only the first N problems"),
-        Field::new("synthetic", Ty::Table(check_synthetic), "{}", "synthetic generator knobs: n_train, n_test, min_steps, max_steps, max_operand, max_factor, max_value, ops, seed (default: the stage seed)"),
-        Field::optional("fields", Ty::Table(check_fields), "jsonl field mapping: question, solution, answer, id, meta, strip_calculator_annotations"),
-    ],
+    any_inputs: false,
+    fields: DatasetParams::FIELDS,
     outputs: &[PROBLEMS_FILE, META_FILE],
     about: "Problems for sampling, training or evaluation: `synthetic` (GSM8K-shaped arithmetic \
             generated from a seed), `gsm8k`, `math` (MATH / MATH500) or `jsonl` with a field \
@@ -71,118 +88,93 @@ pub static SCHEMA: KindSchema = KindSchema {
     validate: Some(|v| {
         let source = v["source"].as_str().unwrap_or_default();
         if source != "synthetic" && v["path"].is_null() {
-            return Err(ParamError::new("params.path", format!("required for source = \"{source}\"")));
+            return Err(ParamError::new(
+                "params.path",
+                format!("required for source = \"{source}\""),
+            ));
         }
         if source == "jsonl" && v["task"].is_null() {
-            return Err(ParamError::new("params.task", "required for source = \"jsonl\" (gsm8k, math or synthetic grading)"));
+            return Err(ParamError::new(
+                "params.task",
+                "required for source = \"jsonl\" (gsm8k, math or synthetic grading)",
+            ));
         }
         if source != "jsonl" && !v["fields"].is_null() {
-            return Err(ParamError::new("params.fields", "only for source = \"jsonl\""));
+            return Err(ParamError::new(
+                "params.fields",
+                "only for source = \"jsonl\"",
+            ));
         }
         Ok(())
     }),
     omit_when_absent: &[],
 };
 
-/// The `dataset` stage kind.
-pub struct DatasetStage;
-
-impl Stage for DatasetStage {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
-    }
-    fn version(&self) -> u32 {
-        SCHEMA.version
-    }
-    fn execution(&self) -> Execution {
-        SCHEMA.execution
-    }
-    fn inputs(&self) -> InputSpec {
-        InputSpec::none()
-    }
-    fn resolve_params(&self, params: &Value) -> Result<Value, ParamError> {
-        SCHEMA.resolve(params)
-    }
-    fn declared_outputs(&self, _resolved: &Value) -> Vec<String> {
-        SCHEMA.outputs.iter().map(|s| s.to_string()).collect()
-    }
-    fn file_params(&self, resolved: &Value) -> Vec<String> {
-        SCHEMA.file_params(resolved)
-    }
-    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let p = &ctx.params;
-        let source: String = get(p, "source")?;
-        let limit: Option<usize> = get(p, "limit")?;
-        let fail = |e: &dyn std::fmt::Display| StageError::msg(format!("stage {}: {e}", ctx.stage));
-        let (task, split, mut problems) = match source.as_str() {
-            "synthetic" => {
-                let mut table = p["synthetic"].clone();
-                if table.get("seed").is_none() {
-                    table["seed"] = Value::from(ctx.seed);
-                }
-                let cfg: SyntheticConfig = serde_json::from_value(table).map_err(|e| fail(&e))?;
-                let split_name: String = get(p, "split")?;
-                let split = rise_data::synthetic::generate(&cfg).map_err(|e| fail(&e))?;
-                let problems = if split_name == "test" {
-                    split.test
-                } else {
-                    split.train
-                };
-                (TaskKind::Synthetic, split_name, problems)
+/// Runs a `dataset` stage.
+pub fn run(ctx: &StageContext) -> Result<(), StageError> {
+    let p: DatasetParams = ctx.params()?;
+    let fail = |e: &dyn std::fmt::Display| StageError::msg(format!("stage {}: {e}", ctx.stage));
+    let (task, split, mut problems) = match p.source.as_str() {
+        "synthetic" => {
+            let mut table = p.synthetic.clone();
+            if table.get("seed").is_none() {
+                table["seed"] = Value::from(ctx.seed);
             }
-            other => {
-                let path: String = get(p, "path")?;
-                let path = Path::new(&path);
-                let problems = match other {
-                    "gsm8k" => rise_data::task::load_gsm8k(path),
-                    "math" => rise_data::task::load_math(path),
-                    _ => {
-                        let map: FieldMap = match p.get("fields") {
-                            Some(v) if !v.is_null() => {
-                                serde_json::from_value(v.clone()).map_err(|e| fail(&e))?
-                            }
-                            _ => FieldMap::default(),
-                        };
-                        rise_data::task::load_jsonl(path, &map)
-                    }
-                }
-                .map_err(|e| fail(&e))?;
-                let task = match p.get("task").and_then(Value::as_str) {
-                    Some(t) => t.parse().map_err(|e| fail(&e))?,
-                    None if other == "math" => TaskKind::Math,
-                    None => TaskKind::Gsm8k,
-                };
-                let split = path
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (task, split, problems)
+            let cfg: SyntheticConfig = serde_json::from_value(table).map_err(|e| fail(&e))?;
+            let split_name = p.split.clone();
+            let split = rise_data::synthetic::generate(&cfg).map_err(|e| fail(&e))?;
+            let problems = if split_name == "test" {
+                split.test
+            } else {
+                split.train
+            };
+            (TaskKind::Synthetic, split_name, problems)
+        }
+        other => {
+            // The schema's check makes `path` required for every source but synthetic.
+            let path = Path::new(p.path.as_deref().unwrap_or_default());
+            let problems = match other {
+                "gsm8k" => rise_data::task::load_gsm8k(path),
+                "math" => rise_data::task::load_math(path),
+                _ => rise_data::task::load_jsonl(path, &p.fields.clone().unwrap_or_default()),
             }
-        };
-        if let Some(n) = limit {
-            problems.truncate(n);
-        }
-        if problems.is_empty() {
-            return Err(fail(&format!(
-                "the {source} dataset ({split}) has no problems"
-            )));
-        }
-        rise_data::task::write_problems(ctx.out_dir.join(PROBLEMS_FILE), &problems)
             .map_err(|e| fail(&e))?;
-        let meta = DatasetMeta {
-            task,
-            source,
-            split,
-            count: problems.len(),
-        };
-        write_json(&ctx.out_dir.join(META_FILE), &meta)?;
-        ctx.metric("problems", Value::from(problems.len()));
-        ctx.log(format!(
-            "{} problems ({} / {}), graded as {}",
-            meta.count, meta.source, meta.split, meta.task
-        ));
-        Ok(())
+            let task = match p.task {
+                Some(t) => t,
+                None if other == "math" => TaskKind::Math,
+                None => TaskKind::Gsm8k,
+            };
+            let split = path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (task, split, problems)
+        }
+    };
+    if let Some(n) = p.limit {
+        problems.truncate(n);
     }
+    if problems.is_empty() {
+        return Err(fail(&format!(
+            "the {} dataset ({split}) has no problems",
+            p.source
+        )));
+    }
+    rise_data::task::write_problems(ctx.out_dir.join(PROBLEMS_FILE), &problems)
+        .map_err(|e| fail(&e))?;
+    let meta = DatasetMeta {
+        task,
+        source: p.source,
+        split,
+        count: problems.len(),
+    };
+    write_json(&ctx.out_dir.join(META_FILE), &meta)?;
+    ctx.metric("problems", Value::from(problems.len()));
+    ctx.log(format!(
+        "{} problems ({} / {}), graded as {}",
+        meta.count, meta.source, meta.split, meta.task
+    ));
+    Ok(())
 }
 
 /// Writes pretty JSON with a trailing newline.
@@ -234,11 +226,9 @@ pub(crate) mod tests {
     }
 
     fn run(params: Value) -> Result<(tempfile::TempDir, DatasetMeta, Vec<Problem>), StageError> {
-        let resolved = DatasetStage
-            .resolve_params(&params)
-            .map_err(StageError::from)?;
+        let resolved = SCHEMA.resolve(&params).map_err(StageError::from)?;
         let dir = tempfile::tempdir().unwrap();
-        DatasetStage.run(&ctx(resolved, dir.path()))?;
+        super::run(&ctx(resolved, dir.path()))?;
         let (meta, problems) = load(dir.path())?;
         Ok((dir, meta, problems))
     }
@@ -291,16 +281,14 @@ pub(crate) mod tests {
 
     #[test]
     fn params_are_cross_checked() {
-        let e = DatasetStage
-            .resolve_params(&json!({"source": "gsm8k"}))
-            .unwrap_err();
+        let e = SCHEMA.resolve(&json!({"source": "gsm8k"})).unwrap_err();
         assert_eq!(e.field, "params.path");
-        let e = DatasetStage
-            .resolve_params(&json!({"source": "jsonl", "path": "x"}))
+        let e = SCHEMA
+            .resolve(&json!({"source": "jsonl", "path": "x"}))
             .unwrap_err();
         assert_eq!(e.field, "params.task");
-        let e = DatasetStage
-            .resolve_params(&json!({"source": "synthetic", "synthetic": {"max_steps": 99}}))
+        let e = SCHEMA
+            .resolve(&json!({"source": "synthetic", "synthetic": {"max_steps": 99}}))
             .unwrap_err();
         assert_eq!(e.field, "params.synthetic");
         assert!(e.message.contains("max_steps"), "{e}");

@@ -2,13 +2,32 @@
 //!
 //! Pure Rust and deterministic, so `rise audit --rerun iter1/grade` can check it byte for byte.
 use rise_data::grade::{grade_with, GradeOptions, Rewards, TaskKind};
-use rise_engine::{Execution, InputSpec, ParamError, Stage, StageContext, StageError};
+use rise_engine::{Execution, StageContext, StageError};
 use serde_json::{json, Value};
 
 use crate::kinds::dataset::{read_json, write_json};
 use crate::kinds::{check_rewards, KindSchema};
-use crate::params::{get, Field, Ty};
+use crate::params::{Ty, TypedParams};
 use crate::rollout::{self, RolloutsMeta, Trajectory, Verdict};
+use crate::stage_params;
+
+stage_params! {
+    /// The `grade` kind's params.
+    pub struct GradeParams {
+        rewards: Rewards = Ty::Table(check_rewards), default {}, crate::rewards_doc!();
+        answer_is_fallback: bool = Ty::Bool, default false,
+            "read \"The answer is X\" when a response has no \\boxed{}";
+    }
+}
+
+impl From<&GradeParams> for GradeOptions {
+    fn from(p: &GradeParams) -> Self {
+        GradeOptions {
+            rewards: p.rewards,
+            answer_is_fallback: p.answer_is_fallback,
+        }
+    }
+}
 
 pub static SCHEMA: KindSchema = KindSchema {
     kind: "grade",
@@ -16,20 +35,8 @@ pub static SCHEMA: KindSchema = KindSchema {
     execution: Execution::InProcess,
     required_inputs: &["rollouts"],
     optional_inputs: &[],
-    fields: &[
-        Field::new(
-            "rewards",
-            Ty::Table(check_rewards),
-            "{}",
-            "rewards per outcome: { correct = 1.0, wrong = 0.0, unparseable = -1.0 }",
-        ),
-        Field::new(
-            "answer_is_fallback",
-            Ty::Bool,
-            "false",
-            "read \"The answer is X\" when a response has no \\boxed{}",
-        ),
-    ],
+    any_inputs: false,
+    fields: GradeParams::FIELDS,
     outputs: &[rollout::META_FILE, "grades.json"],
     about: "Grades every attempt of a rollouts artifact (from `sample` or `relabel`) with the \
             task's grader (RISE.md §3): the extracted answer, the verdict and the reward. \
@@ -43,13 +50,7 @@ pub fn grade_all(trajectories: &mut [Trajectory], task: TaskKind, opts: &GradeOp
     for t in trajectories.iter_mut() {
         for a in &mut t.attempts {
             let v = grade_with(task, &t.gold, &a.response, opts);
-            a.verdict = Some(if v.correct {
-                Verdict::Correct
-            } else if v.is_unparseable() {
-                Verdict::Unparsed
-            } else {
-                Verdict::Wrong
-            });
+            a.verdict = Some(v.verdict());
             a.reward = Some(v.reward);
             a.answer = v.pred_answer;
         }
@@ -79,67 +80,41 @@ pub fn summarize(trajectories: &[Trajectory]) -> Value {
     json!({"trajectories": trajectories.len(), "solved": solved, "per_turn": per_turn})
 }
 
-/// The `grade` stage kind.
-pub struct GradeStage;
-
-impl Stage for GradeStage {
-    fn kind(&self) -> &'static str {
-        SCHEMA.kind
+/// Runs a `grade` stage.
+pub fn run(ctx: &StageContext) -> Result<(), StageError> {
+    let dir = ctx.input("rollouts")?;
+    let fail = |e: &dyn std::fmt::Display| StageError::msg(format!("stage {}: {e}", ctx.stage));
+    let mut meta: RolloutsMeta = read_json(&dir.join(rollout::META_FILE)).map_err(|e| fail(&e))?;
+    let mut trajectories = rollout::read_trajectories(dir).map_err(|e| fail(&e))?;
+    let p: GradeParams = ctx.params()?;
+    let opts = GradeOptions::from(&p);
+    grade_all(&mut trajectories, meta.task, &opts);
+    let summary = summarize(&trajectories);
+    // Keep the input's sharding so shard boundaries stay meaningful downstream.
+    let shard_size = rollout::shard_paths(dir)
+        .ok()
+        .and_then(|p| {
+            p.first()
+                .map(|f| rollout::read_jsonl::<Trajectory>(f).map(|v| v.len()))
+        })
+        .and_then(Result::ok)
+        .filter(|&n| n > 0)
+        .unwrap_or(256);
+    rollout::write_trajectories(&ctx.out_dir, &trajectories, shard_size).map_err(|e| fail(&e))?;
+    meta.graded = true;
+    meta.trajectories = trajectories.len();
+    write_json(&ctx.out_dir.join(rollout::META_FILE), &meta)?;
+    write_json(&ctx.out_dir.join("grades.json"), &summary)?;
+    if let Some(first) = summary["per_turn"].get(0) {
+        ctx.metric("accuracy_t1", first["accuracy"].clone());
     }
-    fn version(&self) -> u32 {
-        SCHEMA.version
-    }
-    fn execution(&self) -> Execution {
-        SCHEMA.execution
-    }
-    fn inputs(&self) -> InputSpec {
-        InputSpec::named(SCHEMA.required_inputs, SCHEMA.optional_inputs)
-    }
-    fn resolve_params(&self, params: &Value) -> Result<Value, ParamError> {
-        SCHEMA.resolve(params)
-    }
-    fn declared_outputs(&self, _resolved: &Value) -> Vec<String> {
-        SCHEMA.outputs.iter().map(|s| s.to_string()).collect()
-    }
-    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let dir = ctx.input("rollouts")?;
-        let fail = |e: &dyn std::fmt::Display| StageError::msg(format!("stage {}: {e}", ctx.stage));
-        let mut meta: RolloutsMeta =
-            read_json(&dir.join(rollout::META_FILE)).map_err(|e| fail(&e))?;
-        let mut trajectories = rollout::read_trajectories(dir).map_err(|e| fail(&e))?;
-        let opts = GradeOptions {
-            rewards: get::<Rewards>(&ctx.params, "rewards")?,
-            answer_is_fallback: get(&ctx.params, "answer_is_fallback")?,
-        };
-        grade_all(&mut trajectories, meta.task, &opts);
-        let summary = summarize(&trajectories);
-        // Keep the input's sharding so shard boundaries stay meaningful downstream.
-        let shard_size = rollout::shard_paths(dir)
-            .ok()
-            .and_then(|p| {
-                p.first()
-                    .map(|f| rollout::read_jsonl::<Trajectory>(f).map(|v| v.len()))
-            })
-            .and_then(Result::ok)
-            .filter(|&n| n > 0)
-            .unwrap_or(256);
-        rollout::write_trajectories(&ctx.out_dir, &trajectories, shard_size)
-            .map_err(|e| fail(&e))?;
-        meta.graded = true;
-        meta.trajectories = trajectories.len();
-        write_json(&ctx.out_dir.join(rollout::META_FILE), &meta)?;
-        write_json(&ctx.out_dir.join("grades.json"), &summary)?;
-        if let Some(first) = summary["per_turn"].get(0) {
-            ctx.metric("accuracy_t1", first["accuracy"].clone());
-        }
-        ctx.metric("solved", summary["solved"].clone());
-        ctx.log(format!(
-            "graded {} trajectories as {}",
-            trajectories.len(),
-            meta.task
-        ));
-        Ok(())
-    }
+    ctx.metric("solved", summary["solved"].clone());
+    ctx.log(format!(
+        "graded {} trajectories as {}",
+        trajectories.len(),
+        meta.task
+    ));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -189,11 +164,11 @@ mod tests {
             window: 2,
         };
         write_json(&input.path().join(rollout::META_FILE), &meta).unwrap();
-        let params = GradeStage.resolve_params(&json!({})).unwrap();
+        let params = SCHEMA.resolve(&json!({})).unwrap();
         let mut ctx = crate::kinds::dataset::tests::ctx(params, out.path());
         ctx.inputs
             .insert("rollouts".into(), input.path().to_path_buf());
-        GradeStage.run(&ctx).unwrap();
+        run(&ctx).unwrap();
         let graded = rollout::read_trajectories(out.path()).unwrap();
         let a = &graded[0].attempts;
         assert_eq!(
@@ -214,7 +189,7 @@ mod tests {
         // Deterministic: a second run writes the same bytes.
         let out2 = tempfile::tempdir().unwrap();
         ctx.out_dir = out2.path().to_path_buf();
-        GradeStage.run(&ctx).unwrap();
+        run(&ctx).unwrap();
         for f in [
             "shard-00000.jsonl",
             "shard-00001.jsonl",
@@ -232,11 +207,11 @@ mod tests {
     #[test]
     fn a_missing_input_names_the_stage() {
         let out = tempfile::tempdir().unwrap();
-        let params = GradeStage.resolve_params(&json!({})).unwrap();
+        let params = SCHEMA.resolve(&json!({})).unwrap();
         let mut ctx = crate::kinds::dataset::tests::ctx(params, out.path());
         ctx.inputs
             .insert("rollouts".into(), out.path().join("nope"));
-        let e = GradeStage.run(&ctx).unwrap_err().to_string();
+        let e = run(&ctx).unwrap_err().to_string();
         assert!(
             e.contains("stage data") && e.contains("rollouts.json"),
             "{e}"

@@ -1,13 +1,19 @@
-//! The RISE stage kinds: their inputs, param schemas and versions.
+//! The RISE stage kinds: their inputs, typed params and versions, and the one adapter that
+//! makes a kind an engine [`Stage`].
 //!
-//! Pure-Rust kinds ([`dataset`], [`grade`], [`report`]) run in the engine process. The torch
-//! kinds (`tokenizer`, `model`, `sft`, `sample`, `relabel`, `train`, `evaluate`, `export`) are
-//! described here by a [`KindSchema`], so `rise plan` validates their params without libtorch;
-//! `rise-worker` links their implementations and runs them through [`WorkerStage::with_run`].
+//! Every kind is a [`KindSchema`] (its params are a struct declared with
+//! [`stage_params!`](crate::stage_params), whose `FIELDS` the schema holds) run through
+//! [`KindStage`]. Pure-Rust kinds ([`dataset`], [`grade`], [`report`]) come with their `run`
+//! and execute in the engine process. The torch kinds (`tokenizer`, `model`, `sft`, `sample`,
+//! `relabel`, `train`, `evaluate`, `export`) are schemas only here, so `rise plan` validates
+//! their params without libtorch; `rise-worker` supplies their `run` ([`KindStage::with_run`]).
+use rise_data::grade::Rewards;
 use rise_engine::{Execution, InputSpec, ParamError, Stage, StageContext, StageError};
 use serde_json::Value;
 
+use crate::examples::Criterion;
 use crate::params::{self, float, int, pos_float, Field, Ty};
+use crate::stage_params;
 
 pub mod dataset;
 pub mod grade;
@@ -15,7 +21,8 @@ pub mod report;
 
 /// Cross-field param checks of a kind, after the schema check.
 pub type Validator = fn(&Value) -> Result<(), ParamError>;
-/// A torch kind's implementation (linked by rise-worker).
+/// A kind's implementation: in this crate for the in-process kinds, in rise-worker for the
+/// torch kinds.
 pub type RunFn = fn(&StageContext) -> Result<(), StageError>;
 
 /// Everything the engine needs to know about a kind, without its implementation.
@@ -27,10 +34,14 @@ pub struct KindSchema {
     pub execution: Execution,
     pub required_inputs: &'static [&'static str],
     pub optional_inputs: &'static [&'static str],
+    /// Any input names are accepted (and none required): the report's models.
+    pub any_inputs: bool,
+    /// The kind's params: `XParams::FIELDS` of its typed struct.
     pub fields: &'static [Field],
     /// Files every successful run leaves in the output directory.
     pub outputs: &'static [&'static str],
-    /// One paragraph for documentation.
+    /// One paragraph for documentation. Defaults are not repeated here: [`Self::document`]
+    /// lists every param with the default it has.
     pub about: &'static str,
     /// Extra cross-field validation after the schema check.
     pub validate: Option<Validator>,
@@ -56,6 +67,15 @@ impl KindSchema {
             }
         }
         Ok(resolved)
+    }
+
+    /// The input names the kind accepts.
+    pub fn inputs(&self) -> InputSpec {
+        if self.any_inputs {
+            InputSpec::any()
+        } else {
+            InputSpec::named(self.required_inputs, self.optional_inputs)
+        }
     }
 
     /// The `File` params present in `resolved`.
@@ -86,7 +106,9 @@ impl KindSchema {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if !self.required_inputs.is_empty() {
+        if self.any_inputs {
+            s.push_str("Inputs: any names.\n\n");
+        } else if !self.required_inputs.is_empty() {
             s.push_str(&format!("Inputs: {}", names(self.required_inputs)));
             if !self.optional_inputs.is_empty() {
                 s.push_str(&format!("; optional {}", names(self.optional_inputs)));
@@ -103,25 +125,23 @@ impl KindSchema {
     }
 }
 
-/// A kind whose `run` is supplied by whoever links its implementation (rise-worker), or that
-/// refuses to run in-process otherwise.
-pub struct WorkerStage {
+/// A kind as an engine [`Stage`]: every method answers from the [`KindSchema`], and `run`
+/// calls the kind's implementation, or, for a torch kind registered without one (the `rise`
+/// binary), refuses to run in-process.
+pub struct KindStage {
     schema: &'static KindSchema,
     run: Option<RunFn>,
 }
 
-impl WorkerStage {
-    /// The schema-only kind the `rise` binary registers.
+impl KindStage {
+    /// The schema-only kind the `rise` binary registers for a torch kind.
     pub fn new(schema: &'static KindSchema) -> Self {
-        WorkerStage { schema, run: None }
+        KindStage { schema, run: None }
     }
 
-    /// The same kind with its implementation (rise-worker).
-    pub fn with_run(
-        schema: &'static KindSchema,
-        run: fn(&StageContext) -> Result<(), StageError>,
-    ) -> Self {
-        WorkerStage {
+    /// A kind with its implementation.
+    pub fn with_run(schema: &'static KindSchema, run: RunFn) -> Self {
+        KindStage {
             schema,
             run: Some(run),
         }
@@ -132,7 +152,7 @@ impl WorkerStage {
     }
 }
 
-impl Stage for WorkerStage {
+impl Stage for KindStage {
     fn kind(&self) -> &'static str {
         self.schema.kind
     }
@@ -143,7 +163,7 @@ impl Stage for WorkerStage {
         self.schema.execution
     }
     fn inputs(&self) -> InputSpec {
-        InputSpec::named(self.schema.required_inputs, self.schema.optional_inputs)
+        self.schema.inputs()
     }
     fn resolve_params(&self, params: &Value) -> Result<Value, ParamError> {
         self.schema.resolve(params)
@@ -172,109 +192,57 @@ impl Stage for WorkerStage {
 const WORKER: Execution = Execution::Worker { gpu: false };
 const WORKER_GPU: Execution = Execution::Worker { gpu: true };
 
-// Shared param blocks. Defaults follow the RISE release where it has one (temperature 1.0,
-// top_p 1.0, window 2, N = 16, tau 0.4) and the tiny CPU models elsewhere.
-macro_rules! sampling_fields {
+/// The doc of every `rewards` param (a macro, so that it can be an attribute's value).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! rewards_doc {
     () => {
-        [
-            Field::new(
-                "temperature",
-                float(0.0, 10.0),
-                "1.0",
-                "sampling temperature (0 = greedy)",
-            ),
-            Field::new("top_p", pos_float(1.0), "1.0", "nucleus sampling mass"),
-            Field::new(
-                "max_new_tokens",
-                int(1, 32768),
-                "256",
-                "longest response, in tokens",
-            ),
-            Field::new(
-                "window",
-                int(0, 64),
-                "2",
-                "context window k: a state keeps the system message, the original question, \
-                 then the most recent k-1 attempts each followed by its feedback (0 = all); \
-                 collection, training and evaluation must agree",
-            ),
-            Field::new(
-                "batch_size",
-                int(1, 4096),
-                "32",
-                "prompts per sampler batch",
-            ),
-        ]
+        "rewards per outcome: { correct = 1.0, wrong = 0.0, unparseable = -1.0 }"
     };
 }
 
-macro_rules! training_fields {
-    ($lr:literal, $epochs:literal) => {
-        training_fields!($lr, $epochs;)
-    };
-    // The shared training fields, then the kind's own.
-    ($lr:literal, $epochs:literal; $($extra:expr),* $(,)?) => {
-        [
-            Field::new(
-                "lr",
-                pos_float(1e6),
-                $lr,
-                "peak learning rate (AdamW, cosine schedule)",
-            ),
-            Field::new(
-                "epochs",
-                pos_float(1000.0),
-                $epochs,
-                "passes over the examples",
-            ),
-            Field::new("batch_size", int(1, 4096), "16", "examples per micro-batch"),
-            Field::new(
-                "grad_accum",
-                int(1, 1024),
-                "1",
-                "micro-batches per optimizer step",
-            ),
-            Field::new(
-                "max_len",
-                int(8, 131072),
-                "512",
-                "longest example in tokens (longer ones are dropped, and counted)",
-            ),
-            Field::new(
-                "warmup",
-                float(0.0, 1.0),
-                "0.04",
-                "warm-up fraction of the steps",
-            ),
-            Field::new(
-                "weight_decay",
-                float(0.0, 10.0),
-                "0.0",
-                "AdamW weight decay",
-            ),
-            Field::new(
-                "grad_clip",
-                float(0.0, 1e6),
-                "1.0",
-                "gradient-norm clip (0 = none)",
-            ),
-            Field::new(
-                "checkpoint_every",
-                int(1, 1_000_000),
-                "50",
-                "optimizer steps between resumable checkpoints",
-            ),
-            $($extra,)*
-        ]
-    };
+// Shared param groups. Defaults follow the RISE release where it has one (temperature 1.0,
+// top_p 1.0, window 2, N = 16, tau 0.4) and the tiny CPU models elsewhere.
+stage_params! {
+    /// The sampling params of `sample`, `relabel` and `evaluate`.
+    pub struct SamplingParams {
+        temperature: f64 = float(0.0, 10.0), default 1.0, "sampling temperature (0 = greedy)";
+        top_p: f64 = pos_float(1.0), default 1.0, "nucleus sampling mass";
+        max_new_tokens: usize = int(1, 32768), default 256, "longest response, in tokens";
+        window: usize = int(0, 64), default 2,
+            "context window k: a state keeps the system message, the original question, \
+             then the most recent k-1 attempts each followed by its feedback (0 = all); \
+             collection, training and evaluation must agree";
+        batch_size: usize = int(1, 4096), default 32, "prompts per sampler batch";
+    }
 }
 
-const REWARDS_DOC: &str = "rewards per outcome: { correct = 1.0, wrong = 0.0, unparseable = -1.0 }";
+stage_params! {
+    /// The training params of `sft` and `train` (each kind sets its own `lr` and `epochs`
+    /// defaults). rise-model's `TrainConfig::from` takes them as they are.
+    pub struct TrainingParams {
+        lr: f64 = float(0.0, 1e6), required, "peak learning rate (AdamW, cosine schedule)";
+        epochs: f64 = pos_float(1000.0), required,
+            "passes over the examples, fractional allowed: ceil(epochs x examples / \
+             (batch_size x grad_accum)) optimizer steps, the last one filled from the next pass";
+        batch_size: usize = int(1, 4096), default 16, "examples per micro-batch";
+        grad_accum: usize = int(1, 1024), default 1, "micro-batches per optimizer step";
+        max_len: usize = int(8, 131072), default 512,
+            "longest example in tokens: longer ones are dropped before training (never \
+             truncated, which could cut away the trained answer) and counted as \
+             `dropped_too_long` in the stage's summary";
+        warmup: f64 = float(0.0, 1.0), default 0.04,
+            "warm-up fraction of the steps (linear from 0)";
+        weight_decay: f64 = float(0.0, 10.0), default 0.0, "AdamW weight decay";
+        grad_clip: f64 = float(0.0, 1e6), default 1.0, "gradient-norm clip (0 = none)";
+        checkpoint_every: usize = int(1, 1_000_000), default 50,
+            "optimizer steps between resumable checkpoints";
+    }
+}
 
 /// Checks a `rewards` table against rise-data's [`rise_data::grade::Rewards`].
 pub fn check_rewards(v: &Value) -> Result<Value, String> {
-    let r: rise_data::grade::Rewards =
-        serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    let r: Rewards = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
     if ![r.correct, r.wrong, r.unparseable]
         .iter()
         .all(|x| x.is_finite())
@@ -284,18 +252,122 @@ pub fn check_rewards(v: &Value) -> Result<Value, String> {
     serde_json::to_value(r).map_err(|e| e.to_string())
 }
 
+stage_params! {
+    /// The `tokenizer` kind's params.
+    pub struct TokenizerParams {
+        vocab_size: usize = int(64, 1_000_000), default 512, "BPE vocabulary size (training only)";
+    }
+}
+
+stage_params! {
+    /// The `model` kind's params: exactly one of `config`, `hf_dir` and `gguf`.
+    pub struct ModelParams {
+        config: Option<String> = Ty::File, optional,
+            "model size config (configs/*.toml): a fresh, seeded Llama-architecture model";
+        hf_dir: Option<String> = Ty::Dir, optional,
+            "a local Hugging Face checkpoint directory to import (config.json, \
+             model.safetensors, tokenizer.json); its files' content enters the cache key";
+        gguf: Option<String> = Ty::File, optional,
+            "a llama.cpp GGUF file to import (as `rise import gguf` does: dequantized to fp32, \
+             tokenizer and chat template rebuilt from its metadata); its content enters the \
+             cache key";
+        chat_template: Option<String> = Ty::Str, optional,
+            "for a checkpoint with several named chat templates, the one to use (default: the \
+             one called `default`)";
+        system: Option<String> = Ty::Text, optional,
+            "system instruction for every conversation with this model (default: rise-data's \
+             step-by-step instruction; \"\" for none)";
+    }
+}
+
+stage_params! {
+    /// The `sft` kind's params.
+    pub struct SftParams {
+        ..training: TrainingParams { lr = 0.001, epochs = 3.0 };
+        chat_turns: usize = int(1, 64), default 1,
+            "questions per training conversation: 1 = one question and its solution; k > 1 \
+             chains k unrelated questions as consecutive user/assistant turns, every answer \
+             trained (general multi-turn chat, never the RISE feedback)";
+        repeat_questions: f64 = float(0.0, 1.0), default 0.0,
+            "with chat_turns: probability that the user asks one of the conversation's \
+             questions again after an answer (answered with the same reference solution)";
+        preambles: Vec<String> = Ty::StrList, default [],
+            "openings a user may put before a question (\"Next one.\"): each question gets \
+             one of them, or none, with equal chance, so the model learns to find the \
+             question in a longer message";
+    }
+}
+
+stage_params! {
+    /// The `sample` kind's params.
+    pub struct SampleParams {
+        ..sampling: SamplingParams;
+        turns: usize = int(1, 16), default 1,
+            "on-policy turns per prompt (an episode ends at the first correct answer)";
+        shard_size: usize = int(1, 1_000_000), default 256,
+            "prompts per committed shard (the resume unit)";
+        limit: Option<usize> = int(1, i64::MAX), optional, "use only the first N prompts";
+        rewards: Rewards = Ty::Table(check_rewards), default {}, rewards_doc!();
+    }
+}
+
+stage_params! {
+    /// The `relabel` kind's params.
+    pub struct RelabelParams {
+        ..sampling: SamplingParams;
+        n: Option<usize> = int(1, 1024), optional,
+            "candidates drawn at each wrong state, the best by reward kept. Default: 16 \
+             from `policy` (self-distillation, best-of-16); 1 from `teacher` (the \
+             release's distillation: one teacher sample, kept whatever its reward and \
+             weighted by exp(r / tau) in training). n > 1 with a teacher is best-of-N \
+             from the teacher";
+        turns: usize = int(1, 16), default 2,
+            "train_turns: extend each wrong trajectory up to this many turns";
+        shard_size: usize = int(1, 1_000_000), default 64,
+            "trajectories per committed shard (the resume unit)";
+        rewards: Rewards = Ty::Table(check_rewards), default {}, rewards_doc!();
+    }
+}
+
+stage_params! {
+    /// The `train` kind's params.
+    pub struct TrainParams {
+        ..training: TrainingParams { lr = 0.0001, epochs = 2.0 };
+        criterion: Criterion = Ty::Choice(&Criterion::NAMES), default "all",
+            "which turns train: all | better | best | success";
+        tau: f64 = pos_float(1e6), default 0.4, "reward-weight temperature: w = exp(r / tau)";
+        dedup: bool = Ty::Bool, default true, "drop repeated (conversation, response) examples";
+        shuffle: bool = Ty::Bool, default true, "shuffle the examples with the stage seed";
+        restart_from_base: bool = Ty::Bool, default false,
+            "start from input `base` instead of `model` (ReST-EM style)";
+    }
+}
+
+stage_params! {
+    /// The `evaluate` kind's params.
+    pub struct EvaluateParams {
+        ..sampling: SamplingParams;
+        turns: usize = int(1, 64), default 5,
+            "sequential turns with feedback always \"incorrect\"";
+        parallel: usize = int(1, 64), default 5,
+            "parallel first-turn samples for the majority baseline";
+        limit: Option<usize> = int(1, i64::MAX), optional, "evaluate only the first N problems";
+    }
+}
+
+stage_params! {
+    /// The `export` kind takes no params.
+    pub struct ExportParams {}
+}
+
 pub static TOKENIZER: KindSchema = KindSchema {
     kind: "tokenizer",
     version: 1,
     execution: WORKER,
     required_inputs: &[],
     optional_inputs: &["data", "model"],
-    fields: &[Field::new(
-        "vocab_size",
-        int(64, 1_000_000),
-        "512",
-        "BPE vocabulary size (training only)",
-    )],
+    any_inputs: false,
+    fields: TokenizerParams::FIELDS,
     outputs: &["tokenizer.json"],
     about:
         "Trains a byte-level BPE tokenizer on a dataset's questions and solutions plus the RISE \
@@ -311,13 +383,8 @@ pub static MODEL: KindSchema = KindSchema {
     execution: WORKER,
     required_inputs: &[],
     optional_inputs: &["tokenizer"],
-    fields: &[
-        Field::optional("config", Ty::File, "model size config (configs/*.toml): a fresh, seeded Llama-architecture model"),
-        Field::optional("hf_dir", Ty::Dir, "a local Hugging Face checkpoint directory to import (config.json, model.safetensors, tokenizer.json); its files' content enters the cache key"),
-        Field::optional("gguf", Ty::File, "a llama.cpp GGUF file to import (as `rise import gguf` does: dequantized to fp32, tokenizer and chat template rebuilt from its metadata); its content enters the cache key"),
-        Field::optional("chat_template", Ty::Str, "for a checkpoint with several named chat templates, the one to use (default: the one called `default`)"),
-        Field::optional("system", Ty::Text, "system instruction for every conversation with this model (default: rise-data's step-by-step instruction; \"\" for none)"),
-    ],
+    any_inputs: false,
+    fields: ModelParams::FIELDS,
     outputs: &["config.json", "tokenizer.json", "rise.json"],
     about: "A model as a Hugging Face directory: initialised from a size config with the \
             `tokenizer` input's vocabulary, imported from `hf_dir` (safetensors only), or \
@@ -352,31 +419,8 @@ pub static SFT: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["model", "data"],
     optional_inputs: &[],
-    fields: &training_fields!("0.001", "3.0";
-            Field::new(
-                "chat_turns",
-                int(1, 64),
-                "1",
-                "questions per training conversation: 1 = one question and its solution; k > 1 \
-                 chains k unrelated questions as consecutive user/assistant turns, every answer \
-                 trained (general multi-turn chat, never the RISE feedback)",
-            ),
-            Field::new(
-                "repeat_questions",
-                float(0.0, 1.0),
-                "0.0",
-                "with chat_turns: probability that the user asks one of the conversation's \
-                 questions again after an answer (answered with the same reference solution)",
-            ),
-            Field::new(
-                "preambles",
-                Ty::StrList,
-                "[]",
-                "openings a user may put before a question (\"Next one.\"): each question gets \
-                 one of them, or none, with equal chance, so the model learns to find the \
-                 question in a longer message",
-            ),
-    ),
+    any_inputs: false,
+    fields: SftParams::FIELDS,
     outputs: &[
         "config.json",
         "model.safetensors",
@@ -400,33 +444,11 @@ pub static SAMPLE: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["policy", "prompts"],
     optional_inputs: &[],
-    fields: &{
-        let s = sampling_fields!();
-        [
-            s[0],
-            s[1],
-            s[2],
-            s[3],
-            s[4],
-            Field::new(
-                "turns",
-                int(1, 16),
-                "1",
-                "on-policy turns per prompt (an episode ends at the first correct answer)",
-            ),
-            Field::new(
-                "shard_size",
-                int(1, 1_000_000),
-                "256",
-                "prompts per committed shard (the resume unit)",
-            ),
-            Field::optional("limit", int(1, i64::MAX), "use only the first N prompts"),
-            Field::new("rewards", Ty::Table(check_rewards), "{}", REWARDS_DOC),
-        ]
-    },
+    any_inputs: false,
+    fields: SampleParams::FIELDS,
     outputs: &["rollouts.json"],
     about: "On-policy rollouts from the learner (RISE.md §4 step 1): one response per prompt at \
-            temperature 1.0, continued with the \"incorrect\" feedback for up to `turns` turns \
+            `temperature`, continued with the \"incorrect\" feedback for up to `turns` turns \
             while wrong. Shards are committed to scratch as they finish; a re-run after a kill \
             resumes at the first unfinished shard.",
     validate: None,
@@ -441,38 +463,8 @@ pub static RELABEL: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["graded"],
     optional_inputs: &["policy", "teacher"],
-    fields: &{
-        let s = sampling_fields!();
-        [
-            s[0],
-            s[1],
-            s[2],
-            s[3],
-            s[4],
-            Field::optional(
-                "n",
-                int(1, 1024),
-                "candidates drawn at each wrong state, the best by reward kept. Default: 16 \
-                 from `policy` (self-distillation, best-of-16); 1 from `teacher` (the \
-                 release's distillation: one teacher sample, kept whatever its reward and \
-                 weighted by exp(r / tau) in training). n > 1 with a teacher is best-of-N \
-                 from the teacher",
-            ),
-            Field::new(
-                "turns",
-                int(1, 16),
-                "2",
-                "train_turns: extend each wrong trajectory up to this many turns",
-            ),
-            Field::new(
-                "shard_size",
-                int(1, 1_000_000),
-                "64",
-                "trajectories per committed shard (the resume unit)",
-            ),
-            Field::new("rewards", Ty::Table(check_rewards), "{}", REWARDS_DOC),
-        ]
-    },
+    any_inputs: false,
+    fields: RelabelParams::FIELDS,
     outputs: &["rollouts.json"],
     about: "Relabelling (RISE.md §4 step 3): for every graded trajectory whose last turn is \
             wrong, draws `n` candidates at the next state from the learner (`policy`, \
@@ -492,38 +484,8 @@ pub static TRAIN: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["data", "model"],
     optional_inputs: &["base"],
-    fields: &training_fields!("0.0001", "2.0";
-            Field::new(
-                "criterion",
-                Ty::Choice(&crate::examples::Criterion::NAMES),
-                "\"all\"",
-                "which turns train: all | better | best | success",
-            ),
-            Field::new(
-                "tau",
-                pos_float(1e6),
-                "0.4",
-                "reward-weight temperature: w = exp(r / tau)",
-            ),
-            Field::new(
-                "dedup",
-                Ty::Bool,
-                "true",
-                "drop repeated (conversation, response) examples",
-            ),
-            Field::new(
-                "shuffle",
-                Ty::Bool,
-                "true",
-                "shuffle the examples with the stage seed",
-            ),
-            Field::new(
-                "restart_from_base",
-                Ty::Bool,
-                "false",
-                "start from input `base` instead of `model` (ReST-EM style)",
-            ),
-    ),
+    any_inputs: false,
+    fields: TrainParams::FIELDS,
     outputs: &[
         "config.json",
         "model.safetensors",
@@ -548,33 +510,8 @@ pub static EVALUATE: KindSchema = KindSchema {
     execution: WORKER_GPU,
     required_inputs: &["model", "data"],
     optional_inputs: &[],
-    fields: &{
-        let s = sampling_fields!();
-        [
-            s[0],
-            s[1],
-            s[2],
-            s[3],
-            s[4],
-            Field::new(
-                "turns",
-                int(1, 64),
-                "5",
-                "sequential turns with feedback always \"incorrect\"",
-            ),
-            Field::new(
-                "parallel",
-                int(1, 64),
-                "5",
-                "parallel first-turn samples for the majority baseline",
-            ),
-            Field::optional(
-                "limit",
-                int(1, i64::MAX),
-                "evaluate only the first N problems",
-            ),
-        ]
-    },
+    any_inputs: false,
+    fields: EvaluateParams::FIELDS,
     outputs: &["metrics.json", "samples.jsonl"],
     about: "Every metric of RISE.md §6 for one model on a held-out set: m1@t1, m5@t1 \
             (self-consistency at equal compute), m1@t5 (majority over 5 sequential turns without \
@@ -593,7 +530,8 @@ pub static EXPORT: KindSchema = KindSchema {
     execution: WORKER,
     required_inputs: &["model"],
     optional_inputs: &[],
-    fields: &[],
+    any_inputs: false,
+    fields: ExportParams::FIELDS,
     outputs: &["config.json", "model.safetensors", "tokenizer.json"],
     about: "A model as a Hugging Face directory (config.json, model.safetensors, tokenizer.json, \
             tokenizer_config.json) that transformers and vLLM load, checked by loading it back.",
@@ -615,6 +553,93 @@ pub fn worker_schema(kind: &str) -> Option<&'static KindSchema> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The typed struct and the schema agree field by field: resolving gives exactly the
+    /// struct's fields, with the struct's types (an integer where the struct has one).
+    fn typed_roundtrip<T>(schema: &KindSchema, given: Value)
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize,
+    {
+        let resolved = schema
+            .resolve(&given)
+            .unwrap_or_else(|e| panic!("{}: {e}", schema.kind));
+        let typed: T = T::deserialize(&resolved).unwrap_or_else(|e| panic!("{}: {e}", schema.kind));
+        let mut back = serde_json::to_value(&typed).unwrap();
+        for name in schema.omit_when_absent {
+            if resolved.get(*name).is_none() {
+                back.as_object_mut().unwrap().remove(*name);
+            }
+        }
+        assert_eq!(back, resolved, "{}", schema.kind);
+        let names: Vec<&str> = schema.fields.iter().map(|f| f.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "{}: a param twice", schema.kind);
+    }
+
+    #[test]
+    fn typed_params_match_their_schemas() {
+        typed_roundtrip::<TokenizerParams>(&TOKENIZER, json!({}));
+        typed_roundtrip::<ModelParams>(&MODEL, json!({"config": "c.toml"}));
+        typed_roundtrip::<ModelParams>(
+            &MODEL,
+            json!({"gguf": "m.gguf", "chat_template": "t", "system": ""}),
+        );
+        typed_roundtrip::<SftParams>(&SFT, json!({}));
+        typed_roundtrip::<SftParams>(&SFT, json!({"lr": 1, "preambles": ["a"], "max_len": 64}));
+        typed_roundtrip::<SampleParams>(&SAMPLE, json!({}));
+        typed_roundtrip::<SampleParams>(&SAMPLE, json!({"limit": 3, "temperature": 0}));
+        typed_roundtrip::<RelabelParams>(&RELABEL, json!({}));
+        typed_roundtrip::<RelabelParams>(&RELABEL, json!({"n": 4}));
+        typed_roundtrip::<TrainParams>(&TRAIN, json!({}));
+        typed_roundtrip::<TrainParams>(&TRAIN, json!({"criterion": "better", "epochs": 4}));
+        typed_roundtrip::<EvaluateParams>(&EVALUATE, json!({}));
+        typed_roundtrip::<EvaluateParams>(&EVALUATE, json!({"limit": 9}));
+        typed_roundtrip::<ExportParams>(&EXPORT, json!({}));
+        typed_roundtrip::<dataset::DatasetParams>(&dataset::SCHEMA, json!({"source": "synthetic"}));
+        typed_roundtrip::<dataset::DatasetParams>(
+            &dataset::SCHEMA,
+            json!({"source": "jsonl", "path": "d.jsonl", "task": "math", "limit": 2,
+                   "fields": {"question": "q"}}),
+        );
+        typed_roundtrip::<grade::GradeParams>(&grade::SCHEMA, json!({}));
+        typed_roundtrip::<report::ReportParams>(&report::SCHEMA, json!({}));
+        typed_roundtrip::<report::ReportParams>(
+            &report::SCHEMA,
+            json!({"order": ["a"], "teacher": "t", "self_arm": ["s"], "distill_arm": []}),
+        );
+    }
+
+    #[test]
+    fn kinds_set_their_own_training_defaults() {
+        let sft: SftParams = params::defaults(SftParams::FIELDS).unwrap();
+        let train: TrainParams = params::defaults(TrainParams::FIELDS).unwrap();
+        assert_eq!((sft.training.lr, sft.training.epochs), (1e-3, 3.0));
+        assert_eq!((train.training.lr, train.training.epochs), (1e-4, 2.0));
+        // The rest of the group is shared.
+        assert_eq!(sft.training.max_len, train.training.max_len);
+        // Required params have no defaults.
+        assert!(params::defaults::<ModelParams>(ModelParams::FIELDS).is_some());
+        assert!(params::defaults::<TrainingParams>(TrainingParams::FIELDS).is_none());
+    }
+
+    #[test]
+    fn help_shows_the_defaults_the_stages_get() {
+        let doc = SAMPLE.document();
+        let sampling: SamplingParams = params::defaults(SamplingParams::FIELDS).unwrap();
+        assert!(
+            doc.contains(&format!(
+                "`temperature` (a number in [0, 10]; default {:?})",
+                sampling.temperature
+            )),
+            "{doc}"
+        );
+        assert!(!SAMPLE.about.contains("temperature 1"), "{}", SAMPLE.about);
+        assert!(TRAIN
+            .document()
+            .contains("`lr` (a number in [0, 1000000]; default 0.0001)"));
+    }
 
     #[test]
     fn every_default_is_valid() {
@@ -695,7 +720,7 @@ mod tests {
 
     #[test]
     fn schema_only_kinds_refuse_to_run_in_process() {
-        let stage = WorkerStage::new(&TRAIN);
+        let stage = KindStage::new(&TRAIN);
         assert_eq!(stage.execution(), Execution::Worker { gpu: true });
         let ctx = StageContext::from_spec(
             rise_engine::StageSpec {

@@ -3,8 +3,9 @@
 use rise_data::conversation::build_messages;
 use rise_data::grade::{answers_equivalent, grade, Rewards};
 use rise_stages::kinds::dataset::write_json;
+use rise_stages::kinds::EvaluateParams;
 use rise_stages::metrics::{compute, GradedAnswer, ProblemEval};
-use rise_stages::params::get;
+use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 use rise_stages::rollout::write_jsonl;
 use serde_json::{json, Value};
@@ -15,14 +16,14 @@ use super::gen::{respond, stream, Counts, Request, Sampling};
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     set_threads(ctx);
     let f = fail(ctx);
+    let p: EvaluateParams = ctx.params()?;
     let loaded = load_model(ctx, "model")?;
     let (meta, mut problems) = load_dataset(ctx, "data")?;
-    if let Some(limit) = get::<Option<usize>>(&ctx.params, "limit")? {
+    if let Some(limit) = p.limit {
         problems.truncate(limit);
     }
-    let s = Sampling::from_params(&ctx.params, &loaded)?;
-    let turns: usize = get(&ctx.params, "turns")?;
-    let parallel: usize = get(&ctx.params, "parallel")?;
+    let s = Sampling::new(&p.sampling, &loaded);
+    let (turns, parallel) = (p.turns, p.parallel);
     let system = loaded.format.system.clone();
     let rewards = Rewards::default();
     let mut counts = Counts::default();

@@ -1,36 +1,36 @@
 //! Responses for conversations: render with the model's template, sample with rise-model's
 //! batched sampler, return the texts.
 use rise_data::conversation::{ChatTemplate, Message, TokenizeText};
-use rise_model::sampler::{generate_seeded, SamplingParams};
-use rise_stages::params::get;
+use rise_model::sampler::{self, generate_seeded};
+use rise_stages::kinds::SamplingParams;
 use rise_stages::rise_engine::{StageContext, StageError};
-use serde_json::Value;
 
 use super::common::Loaded;
 
-/// Sampling params shared by sample, relabel and evaluate.
+/// Sampling as sample, relabel and evaluate do it.
 pub struct Sampling {
-    pub params: SamplingParams,
+    pub params: sampler::SamplingParams,
     pub window: usize,
     pub batch_size: usize,
 }
 
 impl Sampling {
-    /// Reads the shared sampling params; stop strings come from the model's template.
-    pub fn from_params(params: &Value, loaded: &Loaded) -> Result<Self, StageError> {
-        Ok(Sampling {
-            params: SamplingParams {
+    /// The stage's sampling params as the sampler's; stop strings come from the model's
+    /// template, `n` and the seed from each call of [`respond`].
+    pub fn new(p: &SamplingParams, loaded: &Loaded) -> Self {
+        Sampling {
+            params: sampler::SamplingParams {
                 n: 1,
-                temperature: get(params, "temperature")?,
-                top_p: get(params, "top_p")?,
+                temperature: p.temperature,
+                top_p: p.top_p,
                 top_k: 0,
-                max_new_tokens: get(params, "max_new_tokens")?,
+                max_new_tokens: p.max_new_tokens,
                 stop_strings: stop_strings(loaded),
                 seed: 0,
             },
-            window: get(params, "window")?,
-            batch_size: get(params, "batch_size")?,
-        })
+            window: p.window,
+            batch_size: p.batch_size,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use rise_stages::kinds::{self, WorkerStage};
+use rise_stages::kinds::{self, KindStage};
 use rise_stages::rise_engine::{Progress, Registry, StageContext, StageSpec};
 
 mod common;
@@ -46,7 +46,7 @@ pub fn registry() -> Registry {
         (&kinds::EXPORT, export::run),
     ];
     for (schema, run) in impls {
-        r.register(Box::new(WorkerStage::with_run(schema, run)));
+        r.register(Box::new(KindStage::with_run(schema, run)));
     }
     r
 }

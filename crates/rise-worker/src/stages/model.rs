@@ -6,7 +6,8 @@ use rise_data::conversation::DEFAULT_SYSTEM;
 use rise_model::tokenizer::{Template, Tokenizer};
 use rise_model::{LlamaConfig, MemoryBudget};
 use rise_stages::format::{read_size_config, ModelFormat};
-use rise_stages::params::get;
+use rise_stages::kinds::ModelParams;
+use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 use serde_json::Value;
 use tch::{Device, Kind};
@@ -16,12 +17,14 @@ use super::common::{fail, set_threads};
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     set_threads(ctx);
     let f = fail(ctx);
-    let system: Option<String> = get(&ctx.params, "system")?;
+    let ModelParams {
+        config,
+        hf_dir,
+        gguf,
+        chat_template,
+        system,
+    } = ctx.params()?;
     let system = system.unwrap_or_else(|| DEFAULT_SYSTEM.to_string());
-    let config: Option<String> = get(&ctx.params, "config")?;
-    let hf_dir: Option<String> = get(&ctx.params, "hf_dir")?;
-    let gguf: Option<String> = get(&ctx.params, "gguf")?;
-    let chat_template: Option<String> = get(&ctx.params, "chat_template")?;
     match (config, hf_dir, gguf) {
         (Some(config), None, None) => init(ctx, Path::new(&config), system),
         (None, Some(dir), None) => import(ctx, Path::new(&dir), system, chat_template),

@@ -2,9 +2,9 @@
 //! one teacher sample kept whatever its reward (distillation, as the release does; best-of-N from
 //! the teacher with an explicit `n`). RISE.md §4 step 3; the rules live in
 //! `rise_stages::select::relabel`, this file supplies the sampler.
-use rise_data::grade::Rewards;
 use rise_stages::kinds::dataset::{read_json, write_json};
-use rise_stages::params::get;
+use rise_stages::kinds::RelabelParams;
+use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 use rise_stages::rollout::{self, RolloutsMeta, Source, Trajectory, META_FILE};
 use rise_stages::select::{default_n, relabel, RelabelCounts, RelabelOptions};
@@ -16,6 +16,7 @@ use super::shards::run_sharded;
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     set_threads(ctx);
     let f = fail(ctx);
+    let p: RelabelParams = ctx.params()?;
     let (input, source) =
         match (
             ctx.inputs.contains_key("policy"),
@@ -36,7 +37,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
             &"input `graded` has ungraded attempts: wire a grade stage's output",
         ));
     }
-    let s = Sampling::from_params(&ctx.params, &loaded)?;
+    let s = Sampling::new(&p.sampling, &loaded);
     if s.window != meta.window && trajectories.iter().any(|t| t.attempts.len() > 1) {
         // Every turn of a trajectory must be built by the same rule, or train refuses it (a
         // turn-1 state is the same whatever the window).
@@ -46,14 +47,14 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         )));
     }
     let opts = RelabelOptions {
-        n: get::<Option<usize>>(&ctx.params, "n")?.unwrap_or(default_n(source)),
-        turns: get(&ctx.params, "turns")?,
+        n: p.n.unwrap_or(default_n(source)),
+        turns: p.turns,
         window: s.window,
         source,
         task: meta.task,
-        rewards: get::<Rewards>(&ctx.params, "rewards")?,
+        rewards: p.rewards,
     };
-    let shard_size: usize = get(&ctx.params, "shard_size")?;
+    let shard_size = p.shard_size;
     let mut counts = Counts::default();
     let mut total = RelabelCounts::default();
     let start = std::time::Instant::now();

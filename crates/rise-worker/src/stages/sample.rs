@@ -1,9 +1,10 @@
 //! The `sample` kind: on-policy rollouts from the learner (RISE.md §4 step 1).
-use rise_data::grade::{grade, Rewards};
+use rise_data::grade::grade;
 use rise_stages::kinds::dataset::write_json;
-use rise_stages::params::get;
+use rise_stages::kinds::SampleParams;
+use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
-use rise_stages::rollout::{Attempt, RolloutsMeta, Source, Trajectory, Verdict, META_FILE};
+use rise_stages::rollout::{Attempt, RolloutsMeta, Source, Trajectory, META_FILE};
 
 use super::common::{load_dataset, load_model, set_threads};
 use super::gen::{respond, stream, Counts, Request, Sampling};
@@ -11,15 +12,14 @@ use super::shards::run_sharded;
 
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     set_threads(ctx);
+    let p: SampleParams = ctx.params()?;
     let loaded = load_model(ctx, "policy")?;
     let (meta, mut problems) = load_dataset(ctx, "prompts")?;
-    if let Some(limit) = get::<Option<usize>>(&ctx.params, "limit")? {
+    if let Some(limit) = p.limit {
         problems.truncate(limit);
     }
-    let s = Sampling::from_params(&ctx.params, &loaded)?;
-    let turns: usize = get(&ctx.params, "turns")?;
-    let shard_size: usize = get(&ctx.params, "shard_size")?;
-    let rewards: Rewards = get(&ctx.params, "rewards")?;
+    let s = Sampling::new(&p.sampling, &loaded);
+    let (turns, shard_size, rewards) = (p.turns, p.shard_size, p.rewards);
     let system = loaded.format.system.clone();
     let mut counts = Counts::default();
     let start = std::time::Instant::now();
@@ -58,7 +58,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
                     let messages = req.messages;
                     let response = rs.pop().unwrap_or_default();
                     let v = grade(meta.task, &trajs[i].gold, &response, &rewards);
-                    let verdict = Verdict::of(&v);
+                    let verdict = v.verdict();
                     trajs[i].attempts.push(Attempt {
                         turn: turn as u32,
                         messages,

@@ -3,7 +3,8 @@
 use rise_data::conversation::{render_for_training_every_turn, Message, Role};
 use rise_model::trainer::TrainExample;
 use rise_stages::kinds::dataset::write_json;
-use rise_stages::params::get;
+use rise_stages::kinds::SftParams;
+use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 use serde_json::json;
 
@@ -14,14 +15,15 @@ use super::training::{fit, train};
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     set_threads(ctx);
     let f = fail(ctx);
+    let p: SftParams = ctx.params()?;
     let mut loaded = load_model(ctx, "model")?;
     let (_meta, problems) = load_dataset(ctx, "data")?;
-    let chat_turns: usize = get(&ctx.params, "chat_turns")?;
+    let chat_turns = p.chat_turns;
     let system = &loaded.format.system;
     let mut examples = Vec::with_capacity(problems.len().div_ceil(chat_turns));
     // Consecutive problems share a conversation (the dataset's order is already shuffled).
-    let repeat: f64 = get(&ctx.params, "repeat_questions")?;
-    let preambles: Vec<String> = get(&ctx.params, "preambles")?;
+    let repeat = p.repeat_questions;
+    let preambles = &p.preambles;
     for (c, chat) in problems.chunks(chat_turns.max(1)).enumerate() {
         let mut messages = Vec::with_capacity(1 + 4 * chat.len());
         if !system.is_empty() {
@@ -36,10 +38,10 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
                 None => Message::new(Role::User, question),
             }
         };
-        for (j, p) in chat.iter().enumerate() {
+        for (j, problem) in chat.iter().enumerate() {
             let draw = mix(ctx.seed, ((c as u64) << 20) | j as u64);
-            messages.push(ask(&p.question, draw));
-            messages.push(Message::new(Role::Assistant, p.solution.as_str()));
+            messages.push(ask(&problem.question, draw));
+            messages.push(Message::new(Role::Assistant, problem.solution.as_str()));
             // A user asking again something already answered gets the same answer.
             let uniform = (draw >> 11) as f64 / (1u64 << 53) as f64;
             if uniform < repeat {
@@ -57,9 +59,14 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
             weight: 1.0,
         });
     }
-    let (examples, dropped) = fit(ctx, loaded.cfg.max_position_embeddings, examples)?;
+    let (examples, dropped) = fit(
+        ctx,
+        &p.training,
+        loaded.cfg.max_position_embeddings,
+        examples,
+    )?;
     let n = examples.len();
-    let summary = train(ctx, &mut loaded.model, examples)?;
+    let summary = train(ctx, &p.training, &mut loaded.model, examples)?;
     save_model(&ctx.out_dir, &loaded)?;
     write_json(
         &ctx.out_dir.join("training.json"),

@@ -1,7 +1,8 @@
 //! The `tokenizer` kind: a byte-level BPE trained on a dataset, or a model's own tokenizer.
 use rise_data::conversation::{feedback_message, PlainTemplate, DEFAULT_SYSTEM};
 use rise_model::tokenizer::Tokenizer;
-use rise_stages::params::get;
+use rise_stages::kinds::TokenizerParams;
+use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 
 use super::common::{fail, load_dataset, set_threads};
@@ -29,7 +30,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         ));
     }
     let (_meta, problems) = load_dataset(ctx, "data")?;
-    let vocab_size: usize = get(&ctx.params, "vocab_size")?;
+    let TokenizerParams { vocab_size } = ctx.params()?;
     let plain = PlainTemplate::default();
     let mut specials = vec![PAD];
     specials.extend(plain.special_tokens());

@@ -2,9 +2,10 @@
 use std::collections::BTreeMap;
 
 use rise_data::conversation::{render_for_training, Message, Role};
-use rise_stages::examples::{build_examples, Criterion, ExampleOptions};
+use rise_stages::examples::{build_examples, ExampleOptions};
 use rise_stages::kinds::dataset::{read_json, write_json};
-use rise_stages::params::get;
+use rise_stages::kinds::TrainParams;
+use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 use rise_stages::rollout::{self, RolloutsMeta, Source, META_FILE};
 use serde_json::json;
@@ -16,8 +17,8 @@ use rise_model::trainer::TrainExample;
 pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     set_threads(ctx);
     let f = fail(ctx);
-    let restart: bool = get(&ctx.params, "restart_from_base")?;
-    let start = if restart {
+    let p: TrainParams = ctx.params()?;
+    let start = if p.restart_from_base {
         if !ctx.inputs.contains_key("base") {
             return Err(f(
                 &"params.restart_from_base = true needs input `base` (the model to restart from)",
@@ -33,12 +34,11 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         rollout::read_trajectories(data).map_err(|e| f(&format!("input `data`: {e}")))?;
     let meta: RolloutsMeta =
         read_json(&data.join(META_FILE)).map_err(|e| f(&format!("input `data`: {e}")))?;
-    let criterion: String = get(&ctx.params, "criterion")?;
     let opts = ExampleOptions {
-        criterion: criterion.parse::<Criterion>().map_err(|e| f(&e))?,
-        tau: get(&ctx.params, "tau")?,
-        dedup: get(&ctx.params, "dedup")?,
-        shuffle: get(&ctx.params, "shuffle")?,
+        criterion: p.criterion,
+        tau: p.tau,
+        dedup: p.dedup,
+        shuffle: p.shuffle,
         seed: ctx.seed,
         window: meta.window,
     };
@@ -75,7 +75,12 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
             opts.criterion
         )));
     }
-    let (examples, too_long) = fit(ctx, loaded.cfg.max_position_embeddings, examples)?;
+    let (examples, too_long) = fit(
+        ctx,
+        &p.training,
+        loaded.cfg.max_position_embeddings,
+        examples,
+    )?;
     let turns: Vec<_> = by_turn
         .iter()
         .map(|(t, (n, w))| json!({"turn": t, "examples": n, "mean_weight": w / *n as f64}))
@@ -94,7 +99,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         opts.tau
     ));
     let n_examples = examples.len();
-    let summary = train(ctx, &mut loaded.model, examples)?;
+    let summary = train(ctx, &p.training, &mut loaded.model, examples)?;
     save_model(&ctx.out_dir, &loaded)?;
     write_json(
         &ctx.out_dir.join("examples.json"),

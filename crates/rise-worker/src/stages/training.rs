@@ -1,18 +1,20 @@
 //! Training shared by `sft` and `train`: rise-model's trainer with the stage's params,
 //! checkpoints in scratch (resumed after a kill), progress and a clear failure on divergence.
-use rise_model::trainer::{Duration, TrainConfig, TrainError, TrainExample, TrainSummary, Trainer};
+use rise_model::trainer::{TrainConfig, TrainError, TrainExample, TrainSummary, Trainer};
 use rise_model::Model;
-use rise_stages::params::get;
+use rise_stages::kinds::TrainingParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 
-/// Examples longer than `params.max_len` are dropped rather than truncated, since truncation
-/// could cut away the trained message; returns the rest and the number dropped.
+/// The one policy for over-long examples: those longer than `params.max_len` are dropped
+/// (the trainer refuses them, and never truncates: that could cut away the trained message);
+/// returns the rest and the number dropped, which the stage records.
 pub fn fit(
     ctx: &StageContext,
+    p: &TrainingParams,
     model_ctx: usize,
     examples: Vec<TrainExample>,
 ) -> Result<(Vec<TrainExample>, usize), StageError> {
-    let max_len: usize = get(&ctx.params, "max_len")?;
+    let max_len = p.max_len;
     if max_len > model_ctx {
         ctx.log(format!(
             "note: params.max_len = {max_len} exceeds the model's max_position_embeddings = {model_ctx}"
@@ -43,30 +45,14 @@ pub fn fit(
 /// uninterrupted one's.
 pub fn train(
     ctx: &StageContext,
+    p: &TrainingParams,
     model: &mut Model,
     examples: Vec<TrainExample>,
 ) -> Result<TrainSummary, StageError> {
     let f = |e: &dyn std::fmt::Display| StageError::msg(format!("stage {}: {e}", ctx.stage));
-    let p = &ctx.params;
-    let batch_size: usize = get(p, "batch_size")?;
-    let grad_accum: usize = get(p, "grad_accum")?;
-    let epochs: f64 = get(p, "epochs")?;
-    // Fractional epochs become a step count; the trainer's data order wraps across epochs.
-    let steps = ((epochs * examples.len() as f64) / (batch_size * grad_accum) as f64)
-        .ceil()
-        .max(1.0) as usize;
     let config = TrainConfig {
-        lr: get(p, "lr")?,
-        warmup_frac: get(p, "warmup")?,
-        weight_decay: get(p, "weight_decay")?,
-        grad_clip: get(p, "grad_clip")?,
-        batch_size,
-        grad_accum,
-        duration: Duration::Steps(steps),
-        max_len: get(p, "max_len")?,
         seed: ctx.seed,
-        checkpoint_every: get(p, "checkpoint_every")?,
-        ..TrainConfig::default()
+        ..TrainConfig::from(p)
     };
     let n = examples.len();
     let trainer = Trainer::new(model, config, examples).map_err(|e| f(&e))?;
@@ -99,7 +85,7 @@ pub fn train(
             TrainError::NonFinite { what, value, step } => f(&format!(
                 "training diverged: the {what} is {value} at step {step} of {total} (lr {}); nothing is \
                  committed for this stage: lower params.lr or raise params.tau",
-                get::<f64>(p, "lr").unwrap_or(f64::NAN)
+                p.lr
             )),
             other => f(&other),
         })?;
