@@ -330,21 +330,8 @@ pub enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The output lacks files the caller requires.
-    #[error("{what} ({kind} stage `{stage}`, result {id}) is not a {noun}: its output lacks {}", missing.join(", "))]
-    MissingFiles {
-        /// How the result was asked for.
-        what: String,
-        /// Its stage kind.
-        kind: String,
-        /// Its stage.
-        stage: String,
-        /// The result.
-        id: ResultId,
-        /// What the caller wanted, e.g. "model".
-        noun: &'static str,
-        /// The required files that are absent.
-        missing: Vec<String>,
-    },
+    #[error("{0}")]
+    MissingFiles(Box<MissingFiles>),
     /// The destination has files in it.
     #[error("{} exists and is not empty; choose a new directory", .0.display())]
     NotEmpty(PathBuf),
@@ -360,6 +347,24 @@ pub enum ExportError {
     /// A file operation failed on a path named by the caller.
     #[error(transparent)]
     Bare(#[from] std::io::Error),
+}
+
+/// An output that lacks files an export requires.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} ({kind} stage `{stage}`, result {id}) is not a {noun}: its output lacks {}", missing.join(", "))]
+pub struct MissingFiles {
+    /// How the result was asked for.
+    pub what: String,
+    /// Its stage kind.
+    pub kind: String,
+    /// Its stage.
+    pub stage: String,
+    /// The result.
+    pub id: ResultId,
+    /// What the caller wanted, e.g. "model".
+    pub noun: &'static str,
+    /// The required files that are absent.
+    pub missing: Vec<String>,
 }
 
 impl ExportError {
@@ -406,14 +411,14 @@ pub fn export(store: &Store, req: &ExportRequest<'_>, to: &Path) -> Result<Expor
         .map(|f| f.to_string())
         .collect();
     if !missing.is_empty() {
-        return Err(ExportError::MissingFiles {
+        return Err(ExportError::MissingFiles(Box::new(MissingFiles {
             what: req.what.to_string(),
             kind: m.kind,
             stage: m.stage,
             id,
             noun: req.noun,
             missing,
-        });
+        })));
     }
     if to.exists() {
         let non_empty = std::fs::read_dir(to)

@@ -1,0 +1,91 @@
+//! `rise run`.
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rise_engine::exec::{self, RunOptions, RunSummary, StageState};
+use rise_engine::progress::DisplayMode;
+
+use super::{load, open_store, print_json, registry, RunArgs};
+use crate::cli::Global;
+
+/// `eprintln!` that does not panic when stderr is closed (there is nowhere else to report).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub(super) fn run(args: RunArgs, global: &Global) -> Result<ExitCode> {
+    let registry = registry();
+    let resolved = load(&args.p.pipeline, &registry, Some(&global.store))?;
+    let store = open_store(global)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    exec::install_ctrlc(cancel.clone()).context("cannot install the Ctrl-C handler")?;
+    let device = args
+        .device
+        .or_else(|| resolved.pipeline.device.clone())
+        .unwrap_or_else(|| "cpu".into());
+    let opts = RunOptions {
+        jobs: args.jobs as usize,
+        device,
+        threads: args.threads,
+        worker: crate::cli::worker::path().map_err(|e| format!("{e:#}")),
+        targets: args.stages,
+        display: if args.quiet {
+            DisplayMode::Quiet
+        } else if args.plain {
+            DisplayMode::Plain
+        } else {
+            DisplayMode::Auto
+        },
+        cancel,
+    };
+    let summary = exec::run(&resolved, &registry, &store, &opts)?;
+    if args.p.json {
+        print_json(&summary)?;
+    } else if !args.quiet {
+        print_summary(&summary);
+    }
+    Ok(if summary.cancelled {
+        ExitCode::from(130)
+    } else if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_summary(summary: &RunSummary) {
+    let counts: Vec<String> = summary
+        .counts()
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    errln!(
+        "run {} of {}: {}",
+        summary.run_id,
+        summary.pipeline,
+        counts.join(", ")
+    );
+    for s in summary.failed() {
+        if let StageState::Failed { error, log } = &s.state {
+            errln!("FAILED {}: {error}\n       log: {}", s.stage, log.display());
+        }
+    }
+    let skipped: Vec<&str> = summary
+        .stages
+        .iter()
+        .filter(|s| matches!(s.state, StageState::Skipped { .. }))
+        .map(|s| s.stage.as_str())
+        .collect();
+    if !skipped.is_empty() {
+        errln!("skipped (an input failed): {}", skipped.join(", "));
+    }
+    if summary.cancelled {
+        errln!("interrupted: finished stages are committed; run again to continue");
+    }
+    errln!("run log: {}", summary.log.display());
+}
