@@ -51,10 +51,13 @@ use crate::llama::Model;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Duration {
-    /// Passes over the examples, fractional allowed: ⌈epochs × examples / (batch_size ×
-    /// grad_accum)⌉ optimizer steps (at least one), every one full (the last takes what it
-    /// lacks from the next pass). The trainer records it as the [`Duration::Steps`] it makes.
+    /// Passes over the examples, fractional allowed, as the `epochs` stage param means them:
+    /// ⌈epochs × examples / (batch_size × grad_accum)⌉ optimizer steps (at least one), every
+    /// one full (the last takes what it lacks from the next pass). The trainer records it as
+    /// the [`Duration::Steps`] it makes.
     Epochs(f64),
+    /// Whole passes over the examples, exactly: the last step may hold fewer examples.
+    ExactEpochs(usize),
     /// Optimizer steps (the data order wraps into new epochs as needed).
     Steps(usize),
 }
@@ -508,13 +511,17 @@ impl<'a> Trainer<'a> {
         let per_step = config.batch_size * config.grad_accum;
         let total_steps = match config.duration {
             Duration::Steps(s) => s,
-            Duration::Epochs(e) => ((e * examples.len() as f64) / per_step as f64)
-                .ceil()
-                .max(1.0) as usize,
+            Duration::ExactEpochs(e) => (examples.len() * e).div_ceil(per_step),
+            Duration::Epochs(e) => {
+                let steps = ((e * examples.len() as f64) / per_step as f64)
+                    .ceil()
+                    .max(1.0) as usize;
+                // Recorded as the steps it makes, which it is: a checkpoint's config (and the
+                // fingerprint that holds it) is the same however the length was given.
+                config.duration = Duration::Steps(steps);
+                steps
+            }
         };
-        // Recorded as steps, so that a checkpoint's config (and the fingerprint that holds it)
-        // is the same however the length was given.
-        config.duration = Duration::Steps(total_steps);
         if model.device().is_cuda() {
             model.llama.set_compute_kind(Kind::BFloat16);
         }
@@ -625,8 +632,12 @@ impl<'a> Trainer<'a> {
     fn step_positions(&self, step: usize) -> std::ops::Range<usize> {
         let per_step = self.config.batch_size * self.config.grad_accum;
         let start = step * per_step;
-        // Every step is full: `build` turned epochs into steps.
-        start..start + per_step
+        let end = match self.config.duration {
+            Duration::ExactEpochs(e) => (start + per_step).min(self.examples.len() * e),
+            // `build` turned `Epochs` into `Steps`: every step is full.
+            Duration::Steps(_) | Duration::Epochs(_) => start + per_step,
+        };
+        start..end
     }
 
     /// Sum over `batch` of `weight × mean NLL of trained tokens`, and the real token count.

@@ -211,8 +211,8 @@ fn two_ranks_each_running_one_micro_batch_are_bit_identical_to_accumulation() {
 #[test]
 fn a_short_last_batch_leaves_a_rank_without_examples() {
     // 5 examples, 4 per step, one epoch: step 2 holds one example, all on rank 0.
-    let one = single(config(Duration::Epochs(1)));
-    let two = parallel(2, config(Duration::Epochs(1)), false, None, None);
+    let one = single(config(Duration::ExactEpochs(1)));
+    let two = parallel(2, config(Duration::ExactEpochs(1)), false, None, None);
     assert_eq!(one.result, Ok(2));
     assert_eq!(two[1].result, Ok(2));
     assert_eq!(two[0].weights, two[1].weights);
