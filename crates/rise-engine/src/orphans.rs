@@ -38,6 +38,9 @@ struct Record {
     run_id: String,
     stage: String,
     engine_pid: u32,
+    /// The host the stage ran on. Absent in records of older versions (all single-host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
 }
 
 /// Orphans of an earlier run that were killed before this stage started.
@@ -77,6 +80,7 @@ impl StageProcesses {
             run_id: run_id.to_string(),
             stage: stage.to_string(),
             engine_pid: std::process::id(),
+            host: Some(rise_store::hostname().to_string()),
         };
         write_atomic(&path, &serde_json::to_vec(&record)?)?;
         Ok((
@@ -159,6 +163,23 @@ fn reap(path: &Path) -> io::Result<Option<Reaped>> {
         std::fs::remove_file(path)?;
         return Ok(None);
     };
+    // Written on another host (a store shared between hosts, #15): this host's /proc cannot
+    // see that host's processes, so finding none here proves nothing. Refuse rather than let
+    // two writers share the scratch directory.
+    if let Some(host) = record
+        .host
+        .as_deref()
+        .filter(|h| *h != rise_store::hostname())
+    {
+        return Err(io::Error::other(format!(
+            "stage {} of run {} was running on host {host} when its engine died, and processes \
+             it left there may still write into its scratch directory; run it again from {host} \
+             (which stops them), or remove {} once nothing of that run runs there",
+            record.stage,
+            record.run_id,
+            path.display()
+        )));
+    }
     let killed = kill_token_holders(&record.token, REAP_TIMEOUT)?;
     std::fs::remove_file(path)?;
     Ok(Some(Reaped {
@@ -326,6 +347,32 @@ mod tests {
         // The shell is gone; its setsid'd child is not, until `finish` finds it by pid window.
         assert_eq!(processes.finish().unwrap(), 1);
         assert!(processes_with_env(needle.as_bytes(), None).is_empty());
+    }
+
+    #[test]
+    fn a_record_from_another_host_is_not_reaped_by_looking_at_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let key = StageKey(*blake3::hash(b"remote").as_bytes());
+        let path = record_path(&store, &key);
+        let record = Record {
+            token: "run0/k".into(),
+            run_id: "run0".into(),
+            stage: "train".into(),
+            engine_pid: 1,
+            host: Some("node-elsewhere".into()),
+        };
+        write_atomic(&path, &serde_json::to_vec(&record).unwrap()).unwrap();
+        let err = StageProcesses::claim(&store, &key, "run1", "train")
+            .err()
+            .expect("a record of another host must not be reaped here");
+        assert!(err.to_string().contains("on host node-elsewhere"), "{err}");
+        assert!(path.exists(), "the record is kept for that host");
+        // Records of older versions (no host) are reaped here, as before.
+        let old = r#"{"token":"run0/k","run_id":"run0","stage":"train","engine_pid":1}"#;
+        write_atomic(&path, old.as_bytes()).unwrap();
+        let (_processes, reaped) = StageProcesses::claim(&store, &key, "run1", "train").unwrap();
+        assert_eq!(reaped.unwrap().run_id, "run0");
     }
 
     #[test]
