@@ -8,10 +8,12 @@
 //! never does, which keeps it starting in milliseconds.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod llama;
 pub mod sampler;
+pub mod score;
 pub mod tokenizer;
 pub mod trainer;
 

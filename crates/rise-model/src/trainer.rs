@@ -44,6 +44,7 @@ use rise_dist::ProcessGroup;
 use rise_stages::kinds::{TrainParams, TrainingParams};
 use rise_stages::params::{check_value, defaults};
 
+use crate::batch::{right_pad, RightPadded};
 use crate::checkpoint::{self, CheckpointError};
 use crate::llama::Model;
 
@@ -643,35 +644,20 @@ impl<'a> Trainer<'a> {
     /// Sum over `batch` of `weight × mean NLL of trained tokens`, and the real token count.
     fn batch_loss(&self, batch: &[usize]) -> (Tensor, usize) {
         let device = self.model.device();
-        let t = batch
+        let seqs: Vec<&[u32]> = batch
             .iter()
-            .map(|&i| self.examples[i].ids.len())
-            .max()
-            .unwrap_or(0);
-        let b = batch.len();
-        let mut ids = vec![0i64; b * t];
-        let mut mask = vec![0f32; b * t];
-        let mut weights = vec![0f32; b];
-        let mut tokens = 0;
-        for (r, &i) in batch.iter().enumerate() {
-            let e = &self.examples[i];
-            let n = e.ids.len();
-            tokens += n;
-            weights[r] = e.weight;
-            for j in 0..n {
-                ids[r * t + j] = e.ids[j] as i64;
-                mask[r * t + j] = if j > 0 && e.loss_mask[j] { 1.0 } else { 0.0 };
-            }
-        }
-        let ids = Tensor::from_slice(&ids)
-            .view([b as i64, t as i64])
-            .to_device(device);
-        let mask = Tensor::from_slice(&mask)
-            .view([b as i64, t as i64])
-            .to_device(device);
+            .map(|&i| self.examples[i].ids.as_slice())
+            .collect();
+        let RightPadded {
+            ids,
+            mask,
+            rows: b,
+            len: t,
+            tokens,
+        } = right_pad(&seqs, |r, j| self.examples[batch[r]].loss_mask[j], device);
+        let weights: Vec<f32> = batch.iter().map(|&i| self.examples[i].weight).collect();
         let weights = Tensor::from_slice(&weights).to_device(device);
-        // Right padding never reaches a real token under causal attention, so no mask is
-        // needed and the fused causal kernels apply.
+        // Right padding needs no attention mask (see `batch`): the fused causal kernels apply.
         let input = ids.narrow(1, 0, t as i64 - 1);
         let target = ids.narrow(1, 1, t as i64 - 1);
         let tmask = mask.narrow(1, 1, t as i64 - 1);

@@ -3,10 +3,9 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use rise_model::score::score_batch;
 use rise_model::tokenizer::Tokenizer;
-use rise_model::Llama;
 use serde::Deserialize;
-use tch::{Device, Kind, Tensor};
 
 use crate::model_opts::ModelOpts;
 
@@ -83,44 +82,6 @@ fn read_sequences(args: &Args, vocab: usize) -> Result<Vec<Vec<i64>>> {
     Ok(out)
 }
 
-/// Σ log p(t_i | t_<i) and n - 1 for each sequence of one batch (right-padded; causal
-/// attention keeps padding out of real positions).
-fn score_batch(model: &Llama, seqs: &[&Vec<i64>], device: Device) -> Vec<(f64, usize)> {
-    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-    if t < 2 {
-        return seqs.iter().map(|_| (0.0, 0)).collect();
-    }
-    let b = seqs.len();
-    let mut ids = vec![0i64; b * t];
-    let mut mask = vec![0f32; b * t];
-    for (r, s) in seqs.iter().enumerate() {
-        ids[r * t..r * t + s.len()].copy_from_slice(s);
-        for m in &mut mask[r * t + 1..r * t + s.len()] {
-            *m = 1.0;
-        }
-    }
-    let ids = Tensor::from_slice(&ids)
-        .view([b as i64, t as i64])
-        .to_device(device);
-    let mask = Tensor::from_slice(&mask)
-        .view([b as i64, t as i64])
-        .to_device(device);
-    let logits = tch::no_grad(|| model.forward(&ids.narrow(1, 0, t as i64 - 1), None, None, None));
-    let logp = logits.log_softmax(-1, Kind::Float);
-    let target = ids.narrow(1, 1, t as i64 - 1).unsqueeze(-1);
-    let tok_lp = logp.gather(2, &target, false).squeeze_dim(-1) * mask.narrow(1, 1, t as i64 - 1);
-    let sums = Vec::<f64>::try_from(
-        tok_lp
-            .sum_dim_intlist(1, false, Kind::Double)
-            .to_device(Device::Cpu),
-    )
-    .expect("1-d tensor");
-    seqs.iter()
-        .zip(sums)
-        .map(|(s, lp)| (lp, s.len() - 1))
-        .collect()
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -132,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
     order.sort_by_key(|&i| seqs[i].len());
     let mut results = vec![(0.0, 0); seqs.len()];
     for chunk in order.chunks(args.batch_size) {
-        let batch: Vec<&Vec<i64>> = chunk.iter().map(|&i| &seqs[i]).collect();
+        let batch: Vec<&[i64]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
         for (&i, r) in chunk.iter().zip(score_batch(&model, &batch, device)) {
             results[i] = r;
         }
