@@ -374,3 +374,34 @@ params = { fail = true }
         assert_eq!(label(&summary, bad), "failed", "{bad}");
     }
 }
+
+#[test]
+fn one_stage_executes_and_commits_without_the_scheduler() {
+    let f = fixture(
+        r#"
+[stage.a]
+kind = "step"
+params = { n = 1 }
+[stage.b]
+kind = "step"
+inputs = { x = "a" }
+"#,
+    );
+    let summary = f.run(&opts(1));
+    let a_out = state(&summary, "a").output().unwrap();
+    let b_out = state(&summary, "b").output().unwrap();
+    f.started();
+    // `b` has a valid result, and is executed again all the same, its result committed.
+    let inputs = [("x".to_string(), a_out)].into();
+    let b = f.resolved.index_of("b").unwrap();
+    let again = run_single(&f.resolved, &f.registry, &f.store, &opts(1), b, inputs).unwrap();
+    assert_eq!(f.started(), ["b"]);
+    match again {
+        StageState::Executed { result, output, .. } => {
+            assert_eq!(output, b_out);
+            let manifest = f.store.read_result(&result).unwrap();
+            assert_eq!(Some(manifest.key), summary.stages[1].key);
+        }
+        other => panic!("{other:?}"),
+    }
+}
