@@ -137,7 +137,10 @@ fn row_rng((seed, stream): (u64, u64), sample: usize) -> ChaCha8Rng {
 
 /// The next uniform number in `[0, 1)` of a row's stream: one per row per decoding step.
 fn row_uniform(rng: &mut ChaCha8Rng) -> f64 {
-    rng.gen::<f64>()
+    // rand 0.9's `random::<f64>()` is rand 0.8's `gen::<f64>()`: the high 53 bits of
+    // `next_u64()` times 2^-53, and rand_chacha 0.9's ChaCha8 is the 0.3 stream, so seeds
+    // sampled before the move draw the same numbers (pinned in the tests below).
+    rng.random::<f64>()
 }
 
 /// Picks one token per row of `logits` `[rows, vocab]` (fp32).
