@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod exec_stage;
 mod grade;
 mod import;
 mod model;
@@ -53,12 +54,20 @@ enum Command {
     Model(model::Command),
     #[command(flatten)]
     Import(import::Command),
+    /// Execute and commit one stage from a job spec (what a batch job runs on a compute node).
+    #[command(hide = true)]
+    ExecStage(exec_stage::Args),
 }
 
 pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    if !matches!(&cli.command, Command::Pipeline(cmd) if cmd.runs_stages()) {
+    let runs_stages = match &cli.command {
+        Command::Pipeline(cmd) => cmd.runs_stages(),
+        Command::ExecStage(_) => true,
+        _ => false,
+    };
+    if !runs_stages {
         die_quietly_on_broken_pipe();
     }
     let result = match cli.command {
@@ -68,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Grade(cmd) => grade::run(cmd, &cli.global),
         Command::Model(cmd) => model::run(cmd, &cli.global),
         Command::Import(cmd) => import::run(cmd, &cli.global),
+        Command::ExecStage(args) => exec_stage::run(args, &cli.global),
     };
     match result {
         Ok(code) => code,

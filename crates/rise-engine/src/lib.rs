@@ -12,6 +12,7 @@ pub mod error;
 pub mod exec;
 pub mod explain;
 pub mod hash_cache;
+pub mod job;
 pub mod key;
 pub mod lineage;
 pub mod lock;
