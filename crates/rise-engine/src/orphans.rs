@@ -102,7 +102,7 @@ impl StageProcesses {
     /// only their environments are read: reading every process's environment cost ~30 ms per
     /// stage on a busy machine, more than the rest of the engine's work for a stage. Pids are
     /// allocated in increasing order and wrap at `pid_max`; a stage that ran long enough for
-    /// the counter to come round again ([`PID_WINDOW_TRUSTED_FOR`]) gets a full scan.
+    /// the counter to come round again (`PID_WINDOW_TRUSTED_FOR`) gets a full scan.
     pub fn finish(self) -> io::Result<usize> {
         let window = match (self.spawned_after, last_pid()) {
             (Some(from), Some(to)) if self.claimed_at.elapsed() < PID_WINDOW_TRUSTED_FOR => {
