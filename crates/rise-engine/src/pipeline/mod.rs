@@ -33,16 +33,18 @@ use serde_json::Value;
 use crate::error::{PipelineError, PipelineErrors};
 
 mod iterations;
+mod shards;
 mod source;
 mod stage_table;
 mod suggest;
 
+pub use shards::{merge_kind, shard_input, shard_name, ShardRole, MAX_SHARDS, SHARD_PARAM};
 pub(crate) use source::Source;
 use stage_table::parse_stage;
 pub(crate) use suggest::suggest;
 
 /// Fields of `[stage.NAME]` the engine itself interprets; any other field is a kind field.
-pub const ENGINE_FIELDS: &[&str] = &["kind", "inputs", "params", "seed"];
+pub const ENGINE_FIELDS: &[&str] = &["kind", "inputs", "params", "seed", "shards"];
 
 /// A parsed pipeline: iteration templates expanded, input references resolved to stage names.
 /// Not yet checked against stage kinds (see [`crate::resolve`]).
@@ -84,6 +86,9 @@ pub struct StageDef {
     pub iteration: Option<(String, u32)>,
     /// Line of the stage's table.
     pub line: usize,
+    /// Whether this is one shard of a stage written with `shards = N`, or the step that
+    /// merges them (under the stage's own name), or neither.
+    pub shard: ShardRole,
 }
 
 /// The JSON type name of a TOML value, for "expected X, got Y" messages.
@@ -258,6 +263,8 @@ struct RawStage {
     params: serde_json::Map<String, Value>,
     kind_fields: serde_json::Map<String, Value>,
     seed: Option<u64>,
+    /// `shards = N`, if set.
+    shards: Option<u32>,
     offset: usize,
 }
 
@@ -272,6 +279,7 @@ fn parse_doc(doc: &toml::Table, errors: &mut Errors<'_>) -> Option<Parsed> {
     let (count, init) = iterations::parse_iterations(doc, errors);
     let templates = iterations::parse_templates(doc, errors);
     let stages = iterations::expand(&top, &templates, count, &init, seed, errors);
+    let stages = shards::expand(stages, errors);
     Some((name, seed, device, count, stages))
 }
 
@@ -372,6 +380,10 @@ fn finish(
         origin: raw.origin.clone(),
         iteration,
         line: errors.src.line(&raw.origin).unwrap_or(1),
+        shard: match raw.shards {
+            Some(count) if count > 1 => ShardRole::Sharded { count },
+            _ => ShardRole::Whole,
+        },
     }
 }
 

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{check_name, describe, to_json, toml_type, Errors, RawStage, ENGINE_FIELDS};
+use super::{
+    check_name, describe, to_json, toml_type, Errors, RawStage, ENGINE_FIELDS, MAX_SHARDS,
+};
 
 /// One `[stage.NAME]` or `[iter.stage.NAME]` table, before its references are resolved.
 /// `None` when it has errors (they are in `errors`).
@@ -30,6 +32,7 @@ pub(super) fn parse_stage(
     let inputs = parse_inputs(t, origin, errors);
     let params = parse_params(t, origin, errors);
     let seed = parse_seed(t, origin, errors);
+    let shards = parse_shards(t, origin, errors);
     let kind_fields = parse_kind_fields(t, origin, errors);
     Some(RawStage {
         name: name.to_string(),
@@ -39,6 +42,7 @@ pub(super) fn parse_stage(
         params: params?,
         kind_fields: kind_fields?,
         seed: seed?,
+        shards: shards?,
         offset: errors.src.offset(origin),
     })
 }
@@ -178,6 +182,27 @@ fn parse_seed(t: &toml::Table, origin: &str, errors: &mut Errors<'_>) -> Option<
         }
     };
     ok.then_some(seed)
+}
+
+/// `shards = N`: the stage runs as N instances, each on its part of the work, and a merge
+/// step (see [`super::shards`]).
+fn parse_shards(t: &toml::Table, origin: &str, errors: &mut Errors<'_>) -> Option<Option<u32>> {
+    match t.get("shards") {
+        None => Some(None),
+        Some(toml::Value::Integer(i)) if (1..=i64::from(MAX_SHARDS)).contains(i) => {
+            Some(Some(*i as u32))
+        }
+        Some(other) => {
+            errors.at(
+                &format!("{origin}.shards"),
+                format!(
+                    "expected an integer from 1 to {MAX_SHARDS}, got {}",
+                    describe(other)
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Fields other than [`ENGINE_FIELDS`], as JSON, for the kind to check.
