@@ -121,7 +121,7 @@ fn a_stage_job_sees_the_gpu_slurm_gave_it() {
     );
 }
 
-/// Appends `line N` to its scratch file every 0.2 s up to 15, resuming after the lines
+/// Appends `line N` to its scratch file every 0.3 s up to 15, resuming after the lines
 /// already there, then copies the file out. `STARTED` appears after line 3; `STARTED.from`
 /// gets the line count each start found.
 fn slow_pipeline(started: &Path) -> String {
@@ -138,7 +138,7 @@ i=$n
 while [ "$i" -lt 15 ]; do
   i=$((i+1)); echo "line $i" >> "$lines"
   if [ "$i" = 3 ]; then touch {started}; fi
-  sleep 0.2
+  sleep 0.3
 done
 cp "$lines" "$RISE_OUT/lines"
 '''
