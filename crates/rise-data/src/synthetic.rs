@@ -393,7 +393,7 @@ fn draw(cfg: &SyntheticConfig, rng: &mut ChaCha8Rng) -> Option<Drawn> {
 /// Picks an allowed operation that keeps the amount in `1..=max_value`, and its operand.
 fn choose_step(cfg: &SyntheticConfig, rng: &mut ChaCha8Rng, value: u64) -> Option<(Op, u64)> {
     let divisors: Vec<u64> = (2..=cfg.max_factor.min(value))
-        .filter(|d| value % d == 0)
+        .filter(|&d| value.is_multiple_of(d))
         .collect();
     let feasible: Vec<Op> = cfg
         .ops

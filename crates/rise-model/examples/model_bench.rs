@@ -27,7 +27,7 @@ const TRAIN_LEN: usize = 256;
 const TRAIN_STEPS: usize = 5;
 
 fn random_ids(rng: &mut ChaCha8Rng, n: usize) -> Vec<u32> {
-    (0..n).map(|_| rng.gen_range(3..VOCAB as u32)).collect()
+    (0..n).map(|_| rng.random_range(3..VOCAB as u32)).collect()
 }
 
 /// Waits for queued CUDA work, so that the clock measures it.
