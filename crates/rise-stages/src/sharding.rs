@@ -44,6 +44,15 @@ impl Shard {
     pub fn units(&self, total: usize) -> Range<usize> {
         (self.index * total / self.count)..((self.index + 1) * total / self.count)
     }
+
+    /// The items (of `total`, in order) this shard does when the work goes in units of `unit`
+    /// items (the last unit may be short): whole units only, so every boundary between two
+    /// shards is a unit boundary of the unsharded stage, whose batches never cross one.
+    pub fn items(&self, total: usize, unit: usize) -> Range<usize> {
+        let unit = unit.max(1);
+        let units = self.units(total.div_ceil(unit));
+        (units.start * unit).min(total)..(units.end * unit).min(total)
+    }
 }
 
 /// Checks a `shard` param (the engine writes it; a hand-written one is checked the same way).
@@ -258,6 +267,34 @@ mod tests {
             }
         }
         assert_eq!(Shard { index: 2, count: 3 }.units(4), 2..4);
+    }
+
+    #[test]
+    fn items_are_whole_units_in_order_and_cover_everything() {
+        for total in 0..30 {
+            for unit in 1..7 {
+                for count in 1..6 {
+                    let parts: Vec<_> = (0..count)
+                        .map(|index| Shard { index, count }.items(total, unit))
+                        .collect();
+                    assert_eq!(parts[0].start, 0);
+                    assert_eq!(parts[count - 1].end, total);
+                    for w in parts.windows(2) {
+                        assert_eq!(w[0].end, w[1].start);
+                    }
+                    // A shard's batches are the unsharded stage's: every shard starts on a
+                    // unit boundary (and so ends on one, or at the end).
+                    for r in &parts {
+                        assert!(
+                            r.start % unit == 0 || r.start == total,
+                            "{total} items in units of {unit}, {count} shards: {parts:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(Shard { index: 1, count: 3 }.items(10, 3), 3..6);
+        assert_eq!(Shard { index: 2, count: 3 }.items(10, 3), 6..10);
     }
 
     #[test]

@@ -26,13 +26,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
     let s = Sampling::new(&p.sampling, &loaded);
     if let Some(part) = p.shard {
         // Whole sampler batches, so each batch is the one the unsharded stage forms.
-        let bs = s.batch_size.max(1);
-        let batches = part.units(problems.len().div_ceil(bs));
-        let (from, to) = (
-            (batches.start * bs).min(problems.len()),
-            (batches.end * bs).min(problems.len()),
-        );
-        problems = problems[from..to].to_vec();
+        problems = problems[part.items(problems.len(), s.batch_size)].to_vec();
     }
     let (turns, parallel) = (p.turns, p.parallel);
     let system = loaded.format.system.clone();
