@@ -184,3 +184,7 @@ text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstri
 open(path, "w").write(text)
 print(section)
 PY
+
+# Data-parallel scaling (issue #16): 1 rank x 1 thread vs 2 ranks x 1 thread, Gloo on CPU. It
+# prints its row; RESULTS.md takes it by hand.
+benches/dp/scaling.sh

@@ -1,8 +1,7 @@
 //! The `rise` front end under conditions scripts create: a reader that stops early
 //! (`rise status p.toml | head`), logs captured to a file, and a store with one damaged result.
-mod support;
-use support::engine::*;
-use support::{stderr, stdout};
+mod engine_support;
+use engine_support::*;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

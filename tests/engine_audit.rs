@@ -1,7 +1,6 @@
 //! `rise audit`: lock comparison, determinism re-run, and damaged blobs; `rise lock` output.
-mod support;
-use support::engine::*;
-use support::{stderr, stdout};
+mod engine_support;
+use engine_support::*;
 
 #[test]
 fn audit_lock_rerun_and_corruption() {

@@ -3,9 +3,8 @@
 //!
 //! Each file says what it expects: `# expect: TEXT` (a substring of the message) and the line,
 //! either marked with a trailing `# <- error` comment or given as `# expect-line: N`.
-mod support;
-use support::engine::*;
-use support::stderr;
+mod engine_support;
+use engine_support::*;
 
 struct Case {
     path: std::path::PathBuf,

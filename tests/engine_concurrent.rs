@@ -1,8 +1,7 @@
 //! Two `rise run` of one pipeline at once on one store: every stage executes exactly once in
 //! total, and both runs succeed.
-mod support;
-use support::engine::*;
-use support::stderr;
+mod engine_support;
+use engine_support::*;
 
 #[test]
 fn two_runs_execute_each_stage_once() {

@@ -1,8 +1,7 @@
 //! A failing stage: its dependents are skipped, independent branches finish, the run exits 1
 //! with a summary naming the failed stage and its log, and nothing of it is committed.
-mod support;
-use support::engine::*;
-use support::{stderr, stdout};
+mod engine_support;
+use engine_support::*;
 
 #[test]
 fn failure_skips_dependents_and_finishes_other_branches() {

@@ -1,16 +1,19 @@
 //! `rise grade` end to end: the real binary, single pairs and JSONL files.
-mod support;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
-use support::run as rise;
 
-/// `rise ARGS` with `input` on its stdin.
+fn rise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rise"))
+        .args(args)
+        .output()
+        .expect("rise runs")
+}
+
 fn rise_stdin(args: &[&str], input: &str) -> Output {
-    let mut child = support::rise()
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rise"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

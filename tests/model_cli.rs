@@ -1,9 +1,8 @@
 //! `rise score` and `rise generate` end to end: the real `rise` binary delegating to
 //! `rise-worker`, against transformers' reference outputs for tiny Llama/Mistral/Qwen2.
-mod support;
+mod model_support;
 
-use support::model::{fixture, reference, ARCHS};
-use support::{run_with_worker, stderr, stdout};
+use model_support::{fixture, reference, rise, stderr, stdout, ARCHS};
 
 #[test]
 fn score_matches_transformers_logprobs() {
@@ -19,7 +18,7 @@ fn score_matches_transformers_logprobs() {
             lines.push(serde_json::json!({ "tokens": refs["ids"][i] }).to_string());
         }
         std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-        let out = run_with_worker(&[
+        let out = rise(&[
             "score",
             "--model",
             dir.to_str().unwrap(),
@@ -73,7 +72,7 @@ fn greedy_generate_matches_transformers() {
         for c in cases {
             args.extend(["--prompt", c["prompt"].as_str().unwrap()]);
         }
-        let out = run_with_worker(&args);
+        let out = rise(&args);
         assert!(out.status.success(), "{arch}: {}", stderr(&out));
         let rows: Vec<serde_json::Value> = stdout(&out)
             .lines()
@@ -103,8 +102,8 @@ fn sampling_is_reproducible_for_a_seed() {
         "10",
         "--json",
     ];
-    let a = run_with_worker(&args);
-    let b = run_with_worker(&args);
+    let a = rise(&args);
+    let b = rise(&args);
     assert!(a.status.success(), "{}", stderr(&a));
     assert_eq!(stdout(&a), stdout(&b));
     assert_eq!(stdout(&a).lines().count(), 3);
@@ -113,7 +112,7 @@ fn sampling_is_reproducible_for_a_seed() {
 #[test]
 fn chat_prompts_use_the_template_and_stop_at_eos_string() {
     let dir = fixture("qwen2");
-    let out = run_with_worker(&[
+    let out = rise(&[
         "generate",
         "--model",
         dir.to_str().unwrap(),
@@ -141,7 +140,7 @@ fn bad_input_lines_are_named_and_the_exit_code_is_the_workers() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("bad.jsonl");
     std::fs::write(&input, "{\"tokens\": [1, 2]}\n{\"tokens\": \"oops\"}\n").unwrap();
-    let out = run_with_worker(&[
+    let out = rise(&[
         "score",
         "--model",
         dir.to_str().unwrap(),
@@ -156,7 +155,7 @@ fn bad_input_lines_are_named_and_the_exit_code_is_the_workers() {
     );
 
     std::fs::write(&input, "{\"text\": \"a\", \"tokens\": [1]}\n").unwrap();
-    let out = run_with_worker(&[
+    let out = rise(&[
         "score",
         "--model",
         dir.to_str().unwrap(),
@@ -170,7 +169,7 @@ fn bad_input_lines_are_named_and_the_exit_code_is_the_workers() {
     );
 
     // Clap's usage error in the worker (exit 2) comes through unchanged.
-    let out = run_with_worker(&["score", "--no-such-flag"]);
+    let out = rise(&["score", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
@@ -182,7 +181,7 @@ fn models_without_safetensors_are_refused_clearly() {
     let model = tmp.path().join("pickled");
     std::fs::create_dir(&model).unwrap();
     std::fs::write(model.join("pytorch_model.bin"), b"\x80\x02").unwrap();
-    let out = run_with_worker(&[
+    let out = rise(&[
         "score",
         "--model",
         model.to_str().unwrap(),
@@ -197,7 +196,7 @@ fn models_without_safetensors_are_refused_clearly() {
     );
 
     let missing = tmp.path().join("nope");
-    let out = run_with_worker(&[
+    let out = rise(&[
         "generate",
         "--model",
         missing.to_str().unwrap(),

@@ -1,9 +1,8 @@
 //! A worker stage's own error (here: a checkpoint holding only pickled weights) reaches the
 //! terminal, not only the stage log.
-mod support;
+mod rise_common;
 
-use support::describe;
-use support::pipeline::env_with;
+use rise_common::{describe, env_with};
 
 #[test]
 fn a_worker_stage_error_is_shown_on_the_terminal() {

@@ -10,7 +10,7 @@ use crate::content_hash::{hash_dir, hash_file};
 use crate::error::{PipelineError, PipelineErrors};
 use crate::hash_cache::HashCache;
 use crate::key::{parse_path, Canon, PathSeg};
-use crate::pipeline::{merge_kind, suggest, Pipeline, ShardRole, StageDef, ENGINE_FIELDS};
+use crate::pipeline::{suggest, Pipeline, StageDef, ENGINE_FIELDS};
 use crate::registry::Registry;
 use crate::stage::{Execution, ParamError, Stage};
 
@@ -184,7 +184,6 @@ impl Resolver<'_> {
     /// Validate one stage against its kind: its inputs, kind fields, params and the files and
     /// directories they name. `None` when it has errors (they are in `self.errors`).
     fn resolve_stage(&mut self, def: &StageDef) -> Option<ResolvedStage> {
-        self.check_shardable(def)?;
         let Some(kind) = self.registry.get(&def.kind) else {
             let message = format!(
                 "unknown kind `{}`{}; known kinds: {}",
@@ -225,37 +224,6 @@ impl Resolver<'_> {
             line: def.line,
             origin: def.origin.clone(),
         })
-    }
-
-    /// A stage with `shards = N` needs a kind that can be sharded (one with a merge kind):
-    /// otherwise one error at `shards`, reported once (on the merge step), instead of an
-    /// unknown param on every shard and an unknown merge kind.
-    fn check_shardable(&mut self, def: &StageDef) -> Option<()> {
-        let base = match def.shard {
-            ShardRole::Whole | ShardRole::Sharded { .. } => return Some(()),
-            ShardRole::Shard { .. } => def.kind.as_str(),
-            ShardRole::Merge { .. } => def.kind.strip_suffix("/merge").unwrap_or(&def.kind),
-        };
-        if self.registry.get(&merge_kind(base)).is_some() {
-            return Some(());
-        }
-        if matches!(def.shard, ShardRole::Merge { .. }) {
-            let can: Vec<String> = self
-                .registry
-                .kinds()
-                .into_iter()
-                .filter(|k| self.registry.get(&merge_kind(k)).is_some())
-                .map(str::to_string)
-                .collect();
-            let message = format!(
-                "kind `{base}` cannot be sharded (there is no kind `{}` to merge its shards); \
-                 kinds that can: {}",
-                merge_kind(base),
-                can.join(", ")
-            );
-            self.error(&format!("{}.shards", def.origin), message);
-        }
-        None
     }
 
     fn error(&mut self, field: &str, message: String) {
@@ -369,6 +337,11 @@ impl Resolver<'_> {
             recorded: resolved.clone(),
             key_params: Canon::from_json(resolved),
         };
+        if let Canon::Map(m) = &mut out.key_params {
+            for name in kind.unkeyed_params() {
+                m.remove(*name);
+            }
+        }
         let named = kind
             .file_params(resolved)
             .into_iter()
@@ -684,5 +657,61 @@ fn describe_file_type(ft: &std::fs::FileType) -> &'static str {
         "is a regular file"
     } else {
         "is not a regular file or directory"
+    }
+}
+
+#[cfg(test)]
+mod unkeyed_tests {
+    use super::*;
+    use crate::stage::{Execution, InputSpec, ParamError, StageContext, StageError};
+
+    /// Kind `k`: any params; `devices` is how it runs, not what it computes.
+    struct K;
+
+    impl Stage for K {
+        fn kind(&self) -> &'static str {
+            "k"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn execution(&self) -> Execution {
+            Execution::InProcess
+        }
+        fn inputs(&self) -> InputSpec {
+            InputSpec::none()
+        }
+        fn resolve_params(&self, params: &Value) -> Result<Value, ParamError> {
+            Ok(params.clone())
+        }
+        fn unkeyed_params(&self) -> &'static [&'static str] {
+            &["devices"]
+        }
+        fn run(&self, _: &StageContext) -> Result<(), StageError> {
+            Ok(())
+        }
+    }
+
+    fn stage(params: &str) -> ResolvedStage {
+        let text =
+            format!("[pipeline]\nname = \"p\"\n[stage.a]\nkind = \"k\"\nparams = {params}\n");
+        let pipeline = Pipeline::parse(Path::new("p.toml"), text).unwrap();
+        let mut registry = Registry::new();
+        registry.register(Box::new(K));
+        resolve(pipeline, &registry).unwrap().stages.remove(0)
+    }
+
+    #[test]
+    fn unkeyed_params_reach_the_stage_but_not_the_key() {
+        let one = stage("{ lr = 0.5 }");
+        let two = stage("{ lr = 0.5, devices = 2 }");
+        assert_eq!(one.key_params, two.key_params);
+        assert_eq!(two.params["devices"], 2);
+        assert_eq!(two.recorded_params["devices"], 2);
+        // Every other param still keys.
+        assert_ne!(
+            one.key_params,
+            stage("{ lr = 0.25, devices = 2 }").key_params
+        );
     }
 }

@@ -107,6 +107,14 @@ pub trait Stage: Send + Sync {
     fn dir_params(&self, _resolved: &serde_json::Value) -> Vec<String> {
         Vec::new()
     }
+    /// Top-level params that choose how the stage runs, not what it computes (a training
+    /// stage's number of data-parallel processes): the stage receives them and results record
+    /// them, but they stay out of the cache key, as the thread count and the device do. Only
+    /// for params whose every value gives the same output up to what those already allow
+    /// (fp32 summation order).
+    fn unkeyed_params(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Run the stage. Write outputs into `ctx.out_dir` only; keep resumable state in
     /// `ctx.scratch_dir`; poll `ctx.cancel` at convenient points.
     fn run(&self, ctx: &StageContext) -> Result<(), StageError>;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod doctor;
 mod generate;
 mod model_opts;
+mod ranks;
 mod score;
 mod stages;
 
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => doctor::run(),
-        Command::Stage(args) => stages::run(args),
+        Command::Stage(args) => ranks::run_stage(args),
         Command::Score(args) => score::run(args),
         Command::Generate(args) => generate::run(args),
     };

@@ -13,8 +13,7 @@ use serde_json::Value;
 
 use crate::examples::Criterion;
 use crate::params::{self, float, int, pos_float, Field, Ty};
-use crate::sharding::{check_shard, Shard};
-use crate::{shard_doc, stage_params};
+use crate::stage_params;
 
 pub mod dataset;
 pub mod grade;
@@ -169,11 +168,7 @@ impl Stage for KindStage {
     fn resolve_params(&self, params: &Value) -> Result<Value, ParamError> {
         self.schema.resolve(params)
     }
-    fn declared_outputs(&self, resolved: &Value) -> Vec<String> {
-        // A shard writes its part of the work; the merge step writes the declared outputs.
-        if resolved.get("shard").is_some_and(|v| !v.is_null()) {
-            return Vec::new();
-        }
+    fn declared_outputs(&self, _resolved: &Value) -> Vec<String> {
         self.schema.outputs.iter().map(|s| s.to_string()).collect()
     }
     fn file_params(&self, resolved: &Value) -> Vec<String> {
@@ -181,6 +176,13 @@ impl Stage for KindStage {
     }
     fn dir_params(&self, resolved: &Value) -> Vec<String> {
         self.schema.dir_params(resolved)
+    }
+    fn unkeyed_params(&self) -> &'static [&'static str] {
+        if self.schema.fields.iter().any(|f| UNKEYED.contains(&f.name)) {
+            &UNKEYED
+        } else {
+            &[]
+        }
     }
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         match self.run {
@@ -242,8 +244,22 @@ stage_params! {
         grad_clip: f64 = float(0.0, 1e6), default 1.0, "gradient-norm clip (0 = none)";
         checkpoint_every: usize = int(1, 1_000_000), default 50,
             "optimizer steps between resumable checkpoints";
+        devices: Option<usize> = int(1, 1024), optional,
+            "data-parallel processes, one per device (default 1): on cpu N processes sharing \
+             the stage's threads, on cuda one per card (cuda:0..N-1; with device = cuda:K all \
+             on card K). Each takes a slice of every global batch (batch_size x grad_accum \
+             examples), so the steps are those of one process. Not in the cache key: results \
+             agree up to fp32 summation order";
+        zero: Option<usize> = int(0, 1), optional,
+            "with devices > 1: 1 = ZeRO-1, each process keeps the AdamW moments of its \
+             1/devices share of the weights only (the same weights, bit for bit, at a fraction \
+             of the optimizer memory). Not in the cache key";
     }
 }
+
+/// Params that choose how a stage runs, not what it computes: the engine keeps them out of
+/// the cache key ([`Stage::unkeyed_params`]).
+pub const UNKEYED: [&str; 2] = ["devices", "zero"];
 
 /// Checks a `rewards` table against rise-data's [`rise_data::grade::Rewards`].
 pub fn check_rewards(v: &Value) -> Result<Value, String> {
@@ -312,7 +328,6 @@ stage_params! {
         shard_size: usize = int(1, 1_000_000), default 256,
             "prompts per committed shard (the resume unit)";
         limit: Option<usize> = int(1, i64::MAX), optional, "use only the first N prompts";
-        shard: Option<Shard> = Ty::Table(check_shard), optional, shard_doc!();
         rewards: Rewards = Ty::Table(check_rewards), default {}, rewards_doc!();
     }
 }
@@ -331,7 +346,6 @@ stage_params! {
             "train_turns: extend each wrong trajectory up to this many turns";
         shard_size: usize = int(1, 1_000_000), default 64,
             "trajectories per committed shard (the resume unit)";
-        shard: Option<Shard> = Ty::Table(check_shard), optional, shard_doc!();
         rewards: Rewards = Ty::Table(check_rewards), default {}, rewards_doc!();
     }
 }
@@ -359,7 +373,6 @@ stage_params! {
         parallel: usize = int(1, 64), default 5,
             "parallel first-turn samples for the majority baseline";
         limit: Option<usize> = int(1, i64::MAX), optional, "evaluate only the first N problems";
-        shard: Option<Shard> = Ty::Table(check_shard), optional, shard_doc!();
     }
 }
 
@@ -442,7 +455,9 @@ pub static SFT: KindSchema = KindSchema {
             instruction-tuned model brings to RISE) without ever seeing a retry. Resumes from \
             its last checkpoint after a kill.",
     validate: None,
-    omit_when_absent: &[],
+    // Added with data parallelism: absent, they stay out of the resolved params (keys
+    // unchanged); set, the engine leaves them out of the key (UNKEYED).
+    omit_when_absent: &["devices", "zero"],
 };
 
 pub static SAMPLE: KindSchema = KindSchema {
@@ -460,8 +475,7 @@ pub static SAMPLE: KindSchema = KindSchema {
             while wrong. Shards are committed to scratch as they finish; a re-run after a kill \
             resumes at the first unfinished shard.",
     validate: None,
-    // Added with sharding: absent, it stays out of the resolved params (keys unchanged).
-    omit_when_absent: &["shard"],
+    omit_when_absent: &[],
 };
 
 pub static RELABEL: KindSchema = KindSchema {
@@ -482,8 +496,7 @@ pub static RELABEL: KindSchema = KindSchema {
             highest-reward non-degenerate one (ties: the first), records its reward, and \
             continues to `turns` turns. Resumes by shards.",
     validate: None,
-    // Added with sharding: absent, it stays out of the resolved params (keys unchanged).
-    omit_when_absent: &["shard"],
+    omit_when_absent: &[],
 };
 
 pub static TRAIN: KindSchema = KindSchema {
@@ -508,7 +521,7 @@ pub static TRAIN: KindSchema = KindSchema {
             weighted by exp(r / tau). Starts from `model` (or `base` with restart_from_base); \
             checkpoints to scratch and resumes after a kill; a non-finite loss fails the stage.",
     validate: None,
-    omit_when_absent: &[],
+    omit_when_absent: &["devices", "zero"],
 };
 
 pub static EVALUATE: KindSchema = KindSchema {
@@ -531,8 +544,7 @@ pub static EVALUATE: KindSchema = KindSchema {
             (sequential turns against parallel samples), with 95% Wilson intervals; and each \
             problem's outcomes, for paired tests between models.",
     validate: None,
-    // Added with sharding: absent, it stays out of the resolved params (keys unchanged).
-    omit_when_absent: &["shard"],
+    omit_when_absent: &[],
 };
 
 pub static EXPORT: KindSchema = KindSchema {

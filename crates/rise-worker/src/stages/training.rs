@@ -1,6 +1,8 @@
 //! Training shared by `sft` and `train`: rise-model's trainer with the stage's params,
 //! checkpoints in scratch (resumed after a kill), progress and a clear failure on divergence.
-use rise_model::trainer::{TrainConfig, TrainError, TrainExample, TrainSummary, Trainer};
+use rise_model::trainer::{
+    DataParallel, TrainConfig, TrainError, TrainExample, TrainSummary, Trainer,
+};
 use rise_model::Model;
 use rise_stages::kinds::TrainingParams;
 use rise_stages::rise_engine::{StageContext, StageError};
@@ -55,7 +57,16 @@ pub fn train(
         ..TrainConfig::from(p)
     };
     let n = examples.len();
-    let trainer = Trainer::new(model, config, examples).map_err(|e| f(&e))?;
+    // A rank of a data-parallel stage (crate::ranks) trains in its group.
+    let group = crate::ranks::join(ctx)?;
+    let trainer = match &group {
+        Some((group, zero)) => {
+            let dp = DataParallel { group, zero: *zero };
+            Trainer::new_data_parallel(model, config, examples, dp)
+        }
+        None => Trainer::new(model, config, examples),
+    }
+    .map_err(|e| f(&e))?;
     let mut trainer = trainer
         .with_checkpoints(&ctx.scratch_dir.join("checkpoints"))
         .map_err(|e| f(&format!("resuming from {}: {e}", ctx.scratch_dir.display())))?;
