@@ -1,7 +1,8 @@
 //! The `rise` front end under conditions scripts create: a reader that stops early
 //! (`rise status p.toml | head`), logs captured to a file, and a store with one damaged result.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
+use support::{stderr, stdout};
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

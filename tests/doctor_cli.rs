@@ -2,18 +2,18 @@
 //! see it, says whether flock holds across hosts there, and where the index lives. (The rules
 //! for network filesystems are unit-tested in rise-store's `fsinfo` and in `cli::doctor` on a
 //! fake /proc/mounts; this checks the wiring.)
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use rise_store::{FsInfo, Store};
 
 fn doctor(store: &Path, index_dir: Option<&Path>, json: bool) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rise"));
-    cmd.arg("--store").arg(store).arg("doctor");
+    let mut cmd = support::rise_at(store);
+    cmd.arg("doctor");
     if json {
         cmd.arg("--json");
     }
-    cmd.env_remove("RISE_STORE").env_remove("RISE_INDEX_DIR");
     if let Some(dir) = index_dir {
         cmd.env("RISE_INDEX_DIR", dir);
     }

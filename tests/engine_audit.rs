@@ -1,6 +1,7 @@
 //! `rise audit`: lock comparison, determinism re-run, and damaged blobs; `rise lock` output.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
+use support::{stderr, stdout};
 
 #[test]
 fn audit_lock_rerun_and_corruption() {

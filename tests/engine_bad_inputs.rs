@@ -3,8 +3,9 @@
 //!
 //! Each file says what it expects: `# expect: TEXT` (a substring of the message) and the line,
 //! either marked with a trailing `# <- error` comment or given as `# expect-line: N`.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
+use support::stderr;
 
 struct Case {
     path: std::path::PathBuf,

@@ -1,7 +1,8 @@
 //! Two `rise run` of one pipeline at once on one store: every stage executes exactly once in
 //! total, and both runs succeed.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
+use support::stderr;
 
 #[test]
 fn two_runs_execute_each_stage_once() {

@@ -1,7 +1,8 @@
 //! A failing stage: its dependents are skipped, independent branches finish, the run exits 1
 //! with a summary naming the failed stage and its log, and nothing of it is committed.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
+use support::{stderr, stdout};
 
 #[test]
 fn failure_skips_dependents_and_finishes_other_branches() {

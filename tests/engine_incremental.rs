@@ -1,7 +1,7 @@
 //! Incremental re-runs: a no-op re-run executes nothing; editing one param re-runs exactly that
 //! stage and its descendants; reverting the edit executes nothing.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
 
 fn pipeline(b_param: i64) -> String {
     // a -> b -> d, a -> c -> d, and an independent e.

@@ -1,7 +1,7 @@
 //! Iteration templates, with the example pipeline: instances iter1/…, iter2/… wired through
 //! @prev/@last; raising the count runs only the new iteration and what reads @last.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
 
 fn example() -> String {
     let path =

@@ -1,8 +1,9 @@
 //! kill -9 during a stage, then re-run: finished stages are not re-executed, the killed one is,
 //! and `rise lock` equals an uninterrupted run's.
-mod engine_support;
-use engine_support::*;
+mod support;
 use std::time::{Duration, Instant};
+use support::engine::*;
+use support::stderr;
 
 fn pipeline() -> String {
     let mut text = header("kill");

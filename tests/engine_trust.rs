@@ -1,10 +1,11 @@
 //! The engine never commits a wrong result: processes that outlive a killed engine, stage output
 //! that is not text, and twin keys (stages whose kind, params and inputs are identical).
-mod engine_support;
-use engine_support::*;
+mod support;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+use support::engine::*;
+use support::{stderr, stdout};
 
 /// A stage whose work runs in a background grandchild that appends `line 1` … `line 15` to its
 /// scratch, 0.2 s a line, resuming after the lines already there; the stage copies them out when

@@ -2,8 +2,9 @@
 //! job runs it on a compute node. Stage by stage through exec-stage, a store ends up with the
 //! same lock (every key and artifact id) as a local `rise run`; a spec whose key no longer
 //! matches the pipeline runs nothing; a failure is reported in the done record.
-mod engine_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
+use support::{stderr, stdout};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,20 +1,11 @@
 //! `rise export`: a model stage's output leaves the store as a Hugging Face directory that
 //! transformers loads, and nothing else is accepted as a model.
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn rise(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rise"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .expect("spawn rise")
-}
+use support::{root, run_at as rise};
 
 /// dataset -> tokenizer -> a micro model initialised from configs/micro.toml.
 fn model_pipeline(dir: &Path) -> PathBuf {

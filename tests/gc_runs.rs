@@ -1,7 +1,8 @@
 //! `rise gc --runs-older-than DURATION` prunes run records and logs, and nothing else.
-mod engine_support;
-use engine_support::*;
+mod support;
 use std::time::{Duration, SystemTime};
+use support::engine::*;
+use support::stderr;
 
 fn age(path: &std::path::Path, days: u64) {
     let when = SystemTime::now() - Duration::from_secs(days * 86_400);

@@ -1,19 +1,16 @@
 //! `rise grade` end to end: the real binary, single pairs and JSONL files.
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::{json, Value};
+use support::run as rise;
 
-fn rise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rise"))
-        .args(args)
-        .output()
-        .expect("rise runs")
-}
-
+/// `rise ARGS` with `input` on its stdin.
 fn rise_stdin(args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rise"))
+    let mut child = support::rise()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,8 +1,9 @@
 //! `rise score` and `rise generate` end to end: the real `rise` binary delegating to
 //! `rise-worker`, against transformers' reference outputs for tiny Llama/Mistral/Qwen2.
-mod model_support;
+mod support;
 
-use model_support::{fixture, reference, rise, stderr, stdout, ARCHS};
+use support::model::{fixture, reference, ARCHS};
+use support::{run_with_worker, stderr, stdout};
 
 #[test]
 fn score_matches_transformers_logprobs() {
@@ -18,7 +19,7 @@ fn score_matches_transformers_logprobs() {
             lines.push(serde_json::json!({ "tokens": refs["ids"][i] }).to_string());
         }
         std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-        let out = rise(&[
+        let out = run_with_worker(&[
             "score",
             "--model",
             dir.to_str().unwrap(),
@@ -72,7 +73,7 @@ fn greedy_generate_matches_transformers() {
         for c in cases {
             args.extend(["--prompt", c["prompt"].as_str().unwrap()]);
         }
-        let out = rise(&args);
+        let out = run_with_worker(&args);
         assert!(out.status.success(), "{arch}: {}", stderr(&out));
         let rows: Vec<serde_json::Value> = stdout(&out)
             .lines()
@@ -102,8 +103,8 @@ fn sampling_is_reproducible_for_a_seed() {
         "10",
         "--json",
     ];
-    let a = rise(&args);
-    let b = rise(&args);
+    let a = run_with_worker(&args);
+    let b = run_with_worker(&args);
     assert!(a.status.success(), "{}", stderr(&a));
     assert_eq!(stdout(&a), stdout(&b));
     assert_eq!(stdout(&a).lines().count(), 3);
@@ -112,7 +113,7 @@ fn sampling_is_reproducible_for_a_seed() {
 #[test]
 fn chat_prompts_use_the_template_and_stop_at_eos_string() {
     let dir = fixture("qwen2");
-    let out = rise(&[
+    let out = run_with_worker(&[
         "generate",
         "--model",
         dir.to_str().unwrap(),
@@ -140,7 +141,7 @@ fn bad_input_lines_are_named_and_the_exit_code_is_the_workers() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("bad.jsonl");
     std::fs::write(&input, "{\"tokens\": [1, 2]}\n{\"tokens\": \"oops\"}\n").unwrap();
-    let out = rise(&[
+    let out = run_with_worker(&[
         "score",
         "--model",
         dir.to_str().unwrap(),
@@ -155,7 +156,7 @@ fn bad_input_lines_are_named_and_the_exit_code_is_the_workers() {
     );
 
     std::fs::write(&input, "{\"text\": \"a\", \"tokens\": [1]}\n").unwrap();
-    let out = rise(&[
+    let out = run_with_worker(&[
         "score",
         "--model",
         dir.to_str().unwrap(),
@@ -169,7 +170,7 @@ fn bad_input_lines_are_named_and_the_exit_code_is_the_workers() {
     );
 
     // Clap's usage error in the worker (exit 2) comes through unchanged.
-    let out = rise(&["score", "--no-such-flag"]);
+    let out = run_with_worker(&["score", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
@@ -181,7 +182,7 @@ fn models_without_safetensors_are_refused_clearly() {
     let model = tmp.path().join("pickled");
     std::fs::create_dir(&model).unwrap();
     std::fs::write(model.join("pytorch_model.bin"), b"\x80\x02").unwrap();
-    let out = rise(&[
+    let out = run_with_worker(&[
         "score",
         "--model",
         model.to_str().unwrap(),
@@ -196,7 +197,7 @@ fn models_without_safetensors_are_refused_clearly() {
     );
 
     let missing = tmp.path().join("nope");
-    let out = rise(&[
+    let out = run_with_worker(&[
         "generate",
         "--model",
         missing.to_str().unwrap(),

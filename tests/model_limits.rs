@@ -1,12 +1,11 @@
 //! Model configs are bounded before anything is allocated: through the real `rise generate`,
 //! `rise score` and the `model` stage, an absurd `config.json` is a clean error naming its
 //! fields and numbers, never a libtorch panic, an abort or an out-of-memory kill.
-mod engine_support;
-mod model_support;
-mod rise_common;
+mod support;
 
-use engine_support::{header, stderr, Env};
-use rise_common::{check_worker, stage_logs};
+use support::engine::{header, Env};
+use support::pipeline::{check_worker, stage_logs};
+use support::stderr;
 
 /// A three-word tokenizer: `generate` reads the tokenizer before the model.
 const TOKENIZER: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
@@ -200,7 +199,7 @@ fn the_model_stage_refuses_an_absurd_checkpoint_and_commits_nothing() {
 fn generate_into_a_reader_that_stops_early_ends_quietly() {
     check_worker();
     let env = Env::new();
-    let model = model_support::fixture("llama");
+    let model = support::model::fixture("llama");
     let err_path = env.path("stderr.txt");
     // 300 samples as JSON lines: far more than a pipe buffer holds.
     let mut child = env

@@ -1,8 +1,9 @@
 //! Bad input to the RISE stages: each fails its stage with a message naming the stage and the
 //! cause, earlier stages stay cached, and nothing is committed for the failed stage.
-mod rise_common;
+mod support;
 
-use rise_common::{ci_text, describe, env_with, stage_logs, states};
+use support::describe;
+use support::pipeline::{ci_text, env_with, stage_logs, states};
 
 /// The CI pipeline with its test set read from `path` as GSM8K-format JSONL.
 fn with_test_set(path: &str) -> String {

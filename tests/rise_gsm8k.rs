@@ -2,12 +2,11 @@
 //! tau 0.4, 5 test turns, window 2) with a tiny random Hugging Face checkpoint (built by
 //! `tests/fixtures/make_tiny_models.py`) and a 20-problem slice of GSM8K. The numbers are noise;
 //! what is tested is that every stage runs on a real chat-template model and GSM8K data.
-#[path = "model_support/mod.rs"]
-mod model_support;
-mod rise_common;
+mod support;
 
-use rise_common::{describe, env_with, root, states};
 use serde_json::Value;
+use support::pipeline::{env_with, states};
+use support::{describe, root};
 
 #[test]
 fn gsm8k_pipeline_runs_with_a_tiny_hf_checkpoint_on_a_20_problem_slice() {
@@ -16,7 +15,7 @@ fn gsm8k_pipeline_runs_with_a_tiny_hf_checkpoint_on_a_20_problem_slice() {
         eprintln!("skipping: {} is missing", data.display());
         return;
     }
-    let model = model_support::fixture("qwen2");
+    let model = support::model::fixture("qwen2");
     let text =
         std::fs::read_to_string(root().join("pipelines/gsm8k.toml")).expect("pipelines/gsm8k.toml");
     let replace = |text: String, from: &str, to: String| {

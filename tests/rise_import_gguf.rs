@@ -1,14 +1,14 @@
 //! `rise import gguf` and the `model` stage's `gguf` param end to end, on the tiny GGUF
 //! fixtures (tests/fixtures/make_tiny_gguf.py): what is written, what is refused (with nothing
 //! written), how the stage is keyed, and chat templates that must not silently fall back.
-mod model_support;
-mod rise_common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
-use model_support::{gguf_fixtures, rise, stderr, stdout};
-use rise_common::{describe, env_with, states, Env};
 use serde_json::Value;
+use support::model::gguf_fixtures;
+use support::pipeline::{env_with, states, Env};
+use support::{describe, run_with_worker, stderr, stdout};
 
 fn fixture(name: &str) -> PathBuf {
     gguf_fixtures().join(name)
@@ -22,7 +22,7 @@ fn json_file(path: &Path) -> Value {
 fn import_writes_a_model_directory_and_check_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let to = tmp.path().join("tiny");
-    let out = rise(&[
+    let out = run_with_worker(&[
         "import",
         "gguf",
         fixture("tiny.gguf").to_str().unwrap(),
@@ -44,7 +44,7 @@ fn import_writes_a_model_directory_and_check_writes_nothing() {
         assert!(to.join(f).is_file(), "{f}");
     }
     // rise loads what it wrote (generation needs config, weights and tokenizer to agree).
-    let out = rise(&[
+    let out = run_with_worker(&[
         "generate",
         "--model",
         to.to_str().unwrap(),
@@ -59,7 +59,7 @@ fn import_writes_a_model_directory_and_check_writes_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     let check = tmp.path().join("checked");
-    let out = rise(&[
+    let out = run_with_worker(&[
         "import",
         "gguf",
         fixture("tiny.gguf").to_str().unwrap(),
@@ -70,7 +70,7 @@ fn import_writes_a_model_directory_and_check_writes_nothing() {
     assert!(!check.exists());
 
     // A non-empty destination needs --force.
-    let out = rise(&[
+    let out = run_with_worker(&[
         "import",
         "gguf",
         fixture("tiny.gguf").to_str().unwrap(),
@@ -79,7 +79,7 @@ fn import_writes_a_model_directory_and_check_writes_nothing() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
-    let out = rise(&[
+    let out = run_with_worker(&[
         "import",
         "gguf",
         fixture("tiny.gguf").to_str().unwrap(),
@@ -114,7 +114,7 @@ fn broken_files_fail_with_the_problem_named_and_nothing_in_to() {
     ];
     for (file, words) in cases {
         let to = tmp.path().join("out");
-        let out = rise(&[
+        let out = run_with_worker(&[
             "import",
             "gguf",
             file.to_str().unwrap(),
@@ -211,7 +211,7 @@ fn a_named_chat_template_is_chosen_by_param_and_an_unknown_name_is_refused() {
     std::fs::write(&env.pipeline, gguf_pipeline(", chat_template = \"nope\"")).unwrap();
     let (_, out) = env.run(&[]);
     assert!(!out.status.success());
-    let text = describe(&out) + &rise_common::stage_logs(&env.store, "imported");
+    let text = describe(&out) + &support::pipeline::stage_logs(&env.store, "imported");
     assert!(
         text.contains("\"nope\"") && text.contains("default, tool_use"),
         "{text}"
@@ -222,7 +222,7 @@ fn a_named_chat_template_is_chosen_by_param_and_an_unknown_name_is_refused() {
 fn chat_tokens_without_a_template_fail_the_model_stage_and_chat_generation() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ckpt");
-    let out = rise(&[
+    let out = run_with_worker(&[
         "import",
         "gguf",
         fixture("tiny.gguf").to_str().unwrap(),
@@ -235,7 +235,7 @@ fn chat_tokens_without_a_template_fail_the_model_stage_and_chat_generation() {
     cfg.as_object_mut().unwrap().remove("chat_template");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 
-    let out = rise(&[
+    let out = run_with_worker(&[
         "generate",
         "--model",
         dir.to_str().unwrap(),
@@ -250,7 +250,7 @@ fn chat_tokens_without_a_template_fail_the_model_stage_and_chat_generation() {
         "{err}"
     );
     // Plain prompts need no template.
-    let out = rise(&[
+    let out = run_with_worker(&[
         "generate",
         "--model",
         dir.to_str().unwrap(),
@@ -267,7 +267,7 @@ fn chat_tokens_without_a_template_fail_the_model_stage_and_chat_generation() {
     ));
     let (_, out) = env.run(&[]);
     assert!(!out.status.success());
-    let text = describe(&out) + &rise_common::stage_logs(&env.store, "imported");
+    let text = describe(&out) + &support::pipeline::stage_logs(&env.store, "imported");
     assert!(
         text.contains("<|im_start|>") && text.contains("no chat template"),
         "{text}"
@@ -335,12 +335,12 @@ fn existing_model_stage_keys_are_unchanged() {
 /// data paths made absolute): both arms, each relabelled by the right model.
 #[test]
 fn the_smollm2_pipeline_plans_both_arms() {
-    let data = rise_common::root().join("../shared/data/gsm8k");
+    let data = support::root().join("../shared/data/gsm8k");
     if !data.join("test.jsonl").exists() {
         eprintln!("skipping: {} is missing", data.display());
         return;
     }
-    let text = std::fs::read_to_string(rise_common::root().join("pipelines/gsm8k-smollm2.toml"))
+    let text = std::fs::read_to_string(support::root().join("pipelines/gsm8k-smollm2.toml"))
         .expect("pipelines/gsm8k-smollm2.toml");
     let swap = |text: String, from: &str, to: String| {
         assert!(

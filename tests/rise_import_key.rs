@@ -1,10 +1,11 @@
 //! A `model` stage that imports a Hugging Face directory (`hf_dir`) is keyed by the content of
 //! the files in it, not by its path (DESIGN §3): replacing a checkpoint in place re-runs what
 //! was built from it; moving it, or tool metadata in dot-directories, does not.
-mod rise_common;
+mod support;
 
-use rise_common::{describe, env_with, Env};
 use serde_json::Value;
+use support::describe;
+use support::pipeline::{env_with, Env};
 
 fn pipeline(dir: &str) -> String {
     format!("[pipeline]\nname = \"import\"\n\n[stage.imported]\nkind = \"model\"\nparams = {{ hf_dir = {dir:?} }}\n")

@@ -2,13 +2,14 @@
 //! self-distillation over two iterations and distillation from a tiny teacher): the whole
 //! pipeline, the report with every figure for every model, the teacher relabel, incremental
 //! re-runs, kill-and-resume, and a reproducibility audit.
-mod rise_common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rise_common::{ci_env, ci_text, describe, env_with, stage_logs, states};
 use serde_json::Value;
+use support::describe;
+use support::pipeline::{ci_env, ci_text, env_with, stage_logs, states};
 
 const ALL_STAGES: [&str; 26] = [
     "train_set",
@@ -381,9 +382,7 @@ fn kill_during_iter1_train_then_rerun_resumes_and_matches_an_uninterrupted_run()
     // Same pipeline and settings, killed (SIGKILL) while self.iter1.train is mid-way.
     let env = env_with(&ci_text());
     env.run_ok(&["--stage", "self.iter1.relabel"]);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rise"))
-        .arg("--store")
-        .arg(&env.store)
+    let mut child = support::rise_at(&env.store)
         .args([
             "run",
             env.pipeline.to_str().unwrap(),
@@ -428,7 +427,7 @@ fn kill_during_iter1_train_then_rerun_resumes_and_matches_an_uninterrupted_run()
     );
 
     // Same keys, same output artifacts as the uninterrupted run.
-    let committed = |e: &rise_common::Env, stage: &str| {
+    let committed = |e: &support::pipeline::Env, stage: &str| {
         let out = e.rise(&["show", stage, "--json"]);
         assert!(out.status.success(), "{}", describe(&out));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,8 +1,9 @@
 //! A worker stage's own error (here: a checkpoint holding only pickled weights) reaches the
 //! terminal, not only the stage log.
-mod rise_common;
+mod support;
 
-use rise_common::{describe, env_with};
+use support::describe;
+use support::pipeline::env_with;
 
 #[test]
 fn a_worker_stage_error_is_shown_on_the_terminal() {

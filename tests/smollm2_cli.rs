@@ -1,10 +1,11 @@
 //! `rise score` and `rise generate --chat` on the real SmolLM2-135M-Instruct
 //! (`just fetch-smollm2`), against transformers on the same safetensors
 //! (tests/fixtures/smollm2_reference.py).
-mod model_support;
+mod support;
 
-use model_support::{rise, smollm2, smollm2_reference, stderr, stdout};
 use serde_json::Value;
+use support::model::{smollm2, smollm2_reference};
+use support::{run_with_worker, stderr, stdout};
 
 fn reference() -> Value {
     let dir = smollm2_reference();
@@ -24,7 +25,7 @@ fn score_logprobs_equal_transformers() {
         .map(|t| serde_json::json!({ "text": t }).to_string())
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let out = rise(&[
+    let out = run_with_worker(&[
         "score",
         "--model",
         dir.to_str().unwrap(),
@@ -80,7 +81,7 @@ fn greedy_chat_generation_equals_transformers_for_64_tokens() {
             };
             args.extend([flag, m["content"].as_str().unwrap()]);
         }
-        let out = rise(&args);
+        let out = run_with_worker(&args);
         assert!(out.status.success(), "prompt {i}: {}", stderr(&out));
         let row: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
         assert_eq!(
@@ -105,7 +106,7 @@ fn greedy_chat_generation_equals_transformers_for_64_tokens() {
 fn show_prompt_prints_the_rendered_chat_prompt() {
     let (dir, _) = smollm2();
     let refs = reference();
-    let out = rise(&[
+    let out = run_with_worker(&[
         "generate",
         "--model",
         dir.to_str().unwrap(),

@@ -5,11 +5,11 @@
 //! Stages with inputs are keyed from their inputs' artifact ids, which an empty store does
 //! not have; `crates/rise-stages/tests/stage_keys_pinned.rs` pins what the kinds put into every
 //! stage's key (kind, version, resolved params) for all of them.
-use std::process::Command;
+mod support;
 
 fn planned_keys(pipeline: &str) -> String {
     let store = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rise"))
+    let out = support::rise()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["plan", "--json", "--store"])
         .arg(store.path().join("store"))

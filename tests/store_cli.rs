@@ -1,28 +1,11 @@
 //! `rise store verify|reindex|pin|unpin|pins` and `rise gc`, driving the real binary on temp
 //! stores populated through the rise-store library.
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Output};
 
 use rise_store::{ArtifactId, ResultId, ResultManifest, StageKey, Store};
-
-fn rise(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rise"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("RISE_STORE")
-        .output()
-        .expect("run rise")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::{run_at as rise, stderr, stdout};
 
 struct Fixture {
     tmp: tempfile::TempDir,
@@ -254,7 +237,7 @@ fn maintenance_never_creates_a_store_and_honours_rise_store() {
     assert!(!missing.exists());
 
     let f = fixture();
-    let out = Command::new(env!("CARGO_BIN_EXE_rise"))
+    let out = support::rise()
         .args(["store", "verify"])
         .env("RISE_STORE", &f.root)
         .current_dir(f.tmp.path())
@@ -265,15 +248,9 @@ fn maintenance_never_creates_a_store_and_honours_rise_store() {
 
 #[test]
 fn help_explains_exit_status_and_roots() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rise"))
-        .args(["store", "verify", "--help"])
-        .output()
-        .unwrap();
+    let out = support::run(&["store", "verify", "--help"]);
     assert!(stdout(&out).contains("Exit status"), "{}", stdout(&out));
-    let out = Command::new(env!("CARGO_BIN_EXE_rise"))
-        .args(["gc", "--help"])
-        .output()
-        .unwrap();
+    let out = support::run(&["gc", "--help"]);
     assert!(
         stdout(&out).contains("Roots are the latest result"),
         "{}",

@@ -2,6 +2,8 @@
 //! checkout of its input (`$RISE_IN_X`), and a checkout damaged anyway (by root, who ignores
 //! modes) is reported by `rise store verify` and rebuilt before the next stage reads it, so no
 //! wrong result is committed under the right input id.
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -85,26 +87,19 @@ impl Env {
     }
 
     fn rise(&self, args: &[&str]) -> Output {
-        let bin = env!("CARGO_BIN_EXE_rise");
         let mut cmd = match self.user {
-            User::Me => Command::new(bin),
-            User::Nobody => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    "--reuid=nobody",
-                    "--regid=nogroup",
-                    "--clear-groups",
-                    "--",
-                    bin,
-                ]);
-                c
-            }
+            User::Me => support::rise(),
+            User::Nobody => support::rise_under(&[
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--",
+            ]),
         };
         cmd.arg("--store")
             .arg(self.path("store"))
             .args(args)
-            .env_remove("RISE_STORE")
-            .env_remove("RISE_LOG")
             .env("HOME", self.dir.path())
             .env("DAMAGE_LOG", self.path("damage.log"))
             .current_dir(self.dir.path());
@@ -366,7 +361,10 @@ fn root_damage_to_a_checkout_is_reported_and_repaired_before_the_next_consumer()
             && said.contains("nothing committed"),
         "{said}"
     );
-    assert!(!env.rise(&["show", "d"]).status.success(), "d has no result");
+    assert!(
+        !env.rise(&["show", "d"]).status.success(),
+        "d has no result"
+    );
     env.ok(&["store", "verify"]);
     env.run(&format!("{PRODUCER}{}", consumer("e", 4, "", "")));
     assert_eq!(read_output(&env, "e"), CONSUMED);

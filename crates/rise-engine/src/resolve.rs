@@ -10,7 +10,7 @@ use crate::content_hash::{hash_dir, hash_file};
 use crate::error::{PipelineError, PipelineErrors};
 use crate::hash_cache::HashCache;
 use crate::key::{parse_path, Canon, PathSeg};
-use crate::pipeline::{suggest, Pipeline, StageDef, ENGINE_FIELDS};
+use crate::pipeline::{merge_kind, suggest, Pipeline, ShardRole, StageDef, ENGINE_FIELDS};
 use crate::registry::Registry;
 use crate::stage::{Execution, ParamError, Stage};
 
@@ -184,6 +184,7 @@ impl Resolver<'_> {
     /// Validate one stage against its kind: its inputs, kind fields, params and the files and
     /// directories they name. `None` when it has errors (they are in `self.errors`).
     fn resolve_stage(&mut self, def: &StageDef) -> Option<ResolvedStage> {
+        self.check_shardable(def)?;
         let Some(kind) = self.registry.get(&def.kind) else {
             let message = format!(
                 "unknown kind `{}`{}; known kinds: {}",
@@ -224,6 +225,37 @@ impl Resolver<'_> {
             line: def.line,
             origin: def.origin.clone(),
         })
+    }
+
+    /// A stage with `shards = N` needs a kind that can be sharded (one with a merge kind):
+    /// otherwise one error at `shards`, reported once (on the merge step), instead of an
+    /// unknown param on every shard and an unknown merge kind.
+    fn check_shardable(&mut self, def: &StageDef) -> Option<()> {
+        let base = match def.shard {
+            ShardRole::Whole | ShardRole::Sharded { .. } => return Some(()),
+            ShardRole::Shard { .. } => def.kind.as_str(),
+            ShardRole::Merge { .. } => def.kind.strip_suffix("/merge").unwrap_or(&def.kind),
+        };
+        if self.registry.get(&merge_kind(base)).is_some() {
+            return Some(());
+        }
+        if matches!(def.shard, ShardRole::Merge { .. }) {
+            let can: Vec<String> = self
+                .registry
+                .kinds()
+                .into_iter()
+                .filter(|k| self.registry.get(&merge_kind(k)).is_some())
+                .map(str::to_string)
+                .collect();
+            let message = format!(
+                "kind `{base}` cannot be sharded (there is no kind `{}` to merge its shards); \
+                 kinds that can: {}",
+                merge_kind(base),
+                can.join(", ")
+            );
+            self.error(&format!("{}.shards", def.origin), message);
+        }
+        None
     }
 
     fn error(&mut self, field: &str, message: String) {

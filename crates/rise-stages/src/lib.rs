@@ -16,6 +16,7 @@ pub mod params;
 pub mod report;
 pub mod rollout;
 pub mod select;
+pub mod sharding;
 
 use kinds::KindStage;
 
@@ -36,6 +37,18 @@ pub fn register_all(registry: &mut rise_engine::Registry) {
     registry.register(Box::new(KindStage::with_run(
         &kinds::report::SCHEMA,
         kinds::report::run,
+    )));
+    registry.register(Box::new(KindStage::with_run(
+        &sharding::SAMPLE_MERGE,
+        sharding::run_rollouts_merge,
+    )));
+    registry.register(Box::new(KindStage::with_run(
+        &sharding::RELABEL_MERGE,
+        sharding::run_rollouts_merge,
+    )));
+    registry.register(Box::new(KindStage::with_run(
+        &sharding::EVALUATE_MERGE,
+        sharding::run_evaluate_merge,
     )));
     for schema in kinds::WORKER_KINDS {
         registry.register(Box::new(KindStage::new(schema)));

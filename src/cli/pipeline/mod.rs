@@ -30,7 +30,9 @@ fn registry() -> Registry {
 const PIPELINE_HELP: &str =
     "PIPELINE is a TOML file: [pipeline] name/seed, one [stage.NAME] per stage \
 (kind, inputs = { INPUT = \"STAGE\" }, params = { ... }), optional [iterations] count/init and \
-[iter.stage.NAME] templates instantiated as iter1/NAME, iter2/NAME, ... See README, \"Pipelines\".";
+[iter.stage.NAME] templates instantiated as iter1/NAME, iter2/NAME, ... A sample, relabel or \
+evaluate stage may set `shards = N`: it runs as NAME/shard-1-of-N ... (each cached on its own) \
+merged into NAME, the same artifact as unsharded. See README, \"Pipelines\".";
 
 #[derive(clap::Subcommand)]
 pub enum Command {

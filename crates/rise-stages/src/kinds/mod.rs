@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::examples::Criterion;
 use crate::params::{self, float, int, pos_float, Field, Ty};
-use crate::stage_params;
+use crate::sharding::{check_shard, Shard};
+use crate::{shard_doc, stage_params};
 
 pub mod dataset;
 pub mod grade;
@@ -168,7 +169,11 @@ impl Stage for KindStage {
     fn resolve_params(&self, params: &Value) -> Result<Value, ParamError> {
         self.schema.resolve(params)
     }
-    fn declared_outputs(&self, _resolved: &Value) -> Vec<String> {
+    fn declared_outputs(&self, resolved: &Value) -> Vec<String> {
+        // A shard writes its part of the work; the merge step writes the declared outputs.
+        if resolved.get("shard").is_some_and(|v| !v.is_null()) {
+            return Vec::new();
+        }
         self.schema.outputs.iter().map(|s| s.to_string()).collect()
     }
     fn file_params(&self, resolved: &Value) -> Vec<String> {
@@ -328,6 +333,7 @@ stage_params! {
         shard_size: usize = int(1, 1_000_000), default 256,
             "prompts per committed shard (the resume unit)";
         limit: Option<usize> = int(1, i64::MAX), optional, "use only the first N prompts";
+        shard: Option<Shard> = Ty::Table(check_shard), optional, shard_doc!();
         rewards: Rewards = Ty::Table(check_rewards), default {}, rewards_doc!();
     }
 }
@@ -346,6 +352,7 @@ stage_params! {
             "train_turns: extend each wrong trajectory up to this many turns";
         shard_size: usize = int(1, 1_000_000), default 64,
             "trajectories per committed shard (the resume unit)";
+        shard: Option<Shard> = Ty::Table(check_shard), optional, shard_doc!();
         rewards: Rewards = Ty::Table(check_rewards), default {}, rewards_doc!();
     }
 }
@@ -373,6 +380,7 @@ stage_params! {
         parallel: usize = int(1, 64), default 5,
             "parallel first-turn samples for the majority baseline";
         limit: Option<usize> = int(1, i64::MAX), optional, "evaluate only the first N problems";
+        shard: Option<Shard> = Ty::Table(check_shard), optional, shard_doc!();
     }
 }
 
@@ -475,7 +483,8 @@ pub static SAMPLE: KindSchema = KindSchema {
             while wrong. Shards are committed to scratch as they finish; a re-run after a kill \
             resumes at the first unfinished shard.",
     validate: None,
-    omit_when_absent: &[],
+    // Added with sharding: absent, it stays out of the resolved params (keys unchanged).
+    omit_when_absent: &["shard"],
 };
 
 pub static RELABEL: KindSchema = KindSchema {
@@ -496,7 +505,8 @@ pub static RELABEL: KindSchema = KindSchema {
             highest-reward non-degenerate one (ties: the first), records its reward, and \
             continues to `turns` turns. Resumes by shards.",
     validate: None,
-    omit_when_absent: &[],
+    // Added with sharding: absent, it stays out of the resolved params (keys unchanged).
+    omit_when_absent: &["shard"],
 };
 
 pub static TRAIN: KindSchema = KindSchema {
@@ -544,7 +554,8 @@ pub static EVALUATE: KindSchema = KindSchema {
             (sequential turns against parallel samples), with 95% Wilson intervals; and each \
             problem's outcomes, for paired tests between models.",
     validate: None,
-    omit_when_absent: &[],
+    // Added with sharding: absent, it stays out of the resolved params (keys unchanged).
+    omit_when_absent: &["shard"],
 };
 
 pub static EXPORT: KindSchema = KindSchema {

@@ -8,6 +8,7 @@ use rise_stages::metrics::{compute, GradedAnswer, ProblemEval};
 use rise_stages::params::TypedParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 use rise_stages::rollout::write_jsonl;
+use rise_stages::sharding::write_evaluate_part;
 use serde_json::{json, Value};
 
 use super::common::{fail, load_dataset, load_model, set_threads};
@@ -23,6 +24,10 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         problems.truncate(limit);
     }
     let s = Sampling::new(&p.sampling, &loaded);
+    if let Some(part) = p.shard {
+        // Whole sampler batches, so each batch is the one the unsharded stage forms.
+        problems = problems[part.items(problems.len(), s.batch_size)].to_vec();
+    }
     let (turns, parallel) = (p.turns, p.parallel);
     let system = loaded.format.system.clone();
     let rewards = Rewards::default();
@@ -88,6 +93,12 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         evals.push(pe);
     }
     let task = meta.task;
+    if p.shard.is_some() {
+        // The metrics are computed by the merge step, over every shard's problems.
+        write_evaluate_part(&ctx.out_dir, task, &samples, &evals)?;
+        ctx.log(format!("{} problems evaluated (one shard)", evals.len()));
+        return Ok(());
+    }
     let metrics = compute(&evals, &|a, b| answers_equivalent(task, a, b)).map_err(|e| f(&e))?;
     write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
     write_jsonl(&ctx.out_dir.join("samples.jsonl"), &samples).map_err(|e| f(&e))?;

@@ -62,6 +62,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         ctx,
         trajectories.len(),
         shard_size,
+        p.shard,
         "trajectories",
         |_shard, range| {
             let mut trajs: Vec<Trajectory> = trajectories[range].to_vec();

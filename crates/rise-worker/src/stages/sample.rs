@@ -27,6 +27,7 @@ pub fn run(ctx: &StageContext) -> Result<(), StageError> {
         ctx,
         problems.len(),
         shard_size,
+        p.shard,
         "prompts",
         |_shard, range| {
             let mut trajs: Vec<Trajectory> = problems[range]

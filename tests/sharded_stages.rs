@@ -1,0 +1,182 @@
+//! Sharded stages (`shards = N`, #15 item 5) on the real binaries, locally: `sample`, `relabel`
+//! and `evaluate` split into shards give, once merged, the very artifacts of the unsharded
+//! stages (so everything downstream is a cache hit); each shard is cached on its own; changing
+//! `shards` re-runs the shards and the merge but nothing upstream; a kind that cannot be
+//! sharded is refused at its `shards` line.
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use support::describe;
+use support::pipeline::{env_with, states, Env};
+
+/// A micro model (untrained: its answers are all wrong, so relabel has work at every state),
+/// and sample / relabel / evaluate with units that do not divide evenly into 3 shards:
+/// 20 prompts in files of 4 (5 files), 10 test problems in batches of 3 (4 batches).
+fn pipeline() -> String {
+    let config = support::root().join("configs/micro.toml");
+    let synthetic = "synthetic = { n_train = 40, n_test = 10, min_steps = 1, max_steps = 2, \
+                     max_operand = 9, max_factor = 3, max_value = 99 }";
+    format!(
+        r#"[pipeline]
+name = "sharded"
+seed = 1
+
+[stage.train_set]
+kind = "dataset"
+params = {{ source = "synthetic", split = "train", {synthetic} }}
+
+[stage.test_set]
+kind = "dataset"
+params = {{ source = "synthetic", split = "test", {synthetic} }}
+
+[stage.tokenizer]
+kind = "tokenizer"
+inputs = {{ data = "train_set" }}
+params = {{ vocab_size = 256 }}
+
+[stage.init]
+kind = "model"
+inputs = {{ tokenizer = "tokenizer" }}
+params = {{ config = {config:?}, system = "" }}
+
+[stage.sample]
+kind = "sample"
+inputs = {{ policy = "init", prompts = "train_set" }}
+params = {{ limit = 20, max_new_tokens = 12, shard_size = 4, batch_size = 3 }}
+
+[stage.grade]
+kind = "grade"
+inputs = {{ rollouts = "sample" }}
+
+[stage.relabel]
+kind = "relabel"
+inputs = {{ graded = "grade", policy = "init" }}
+params = {{ n = 2, turns = 2, max_new_tokens = 12, shard_size = 4 }}
+
+[stage.evaluate]
+kind = "evaluate"
+inputs = {{ model = "init", data = "test_set" }}
+params = {{ max_new_tokens = 12, batch_size = 3, turns = 2, parallel = 2 }}
+"#,
+        config = config.display().to_string()
+    )
+}
+
+/// The pipeline with `shards = N` on each named stage.
+fn sharded(text: &str, stages: &[(&str, u32)]) -> String {
+    let mut text = text.to_string();
+    for (stage, n) in stages {
+        let table = format!("[stage.{stage}]\n");
+        assert!(text.contains(&table), "{stage}");
+        text = text.replace(&table, &format!("{table}shards = {n}\n"));
+    }
+    text
+}
+
+/// stage -> output artifact id, from a run summary.
+fn outputs(summary: &Value) -> BTreeMap<String, String> {
+    summary["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["output"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn run_with(env: &Env, text: &str) -> Value {
+    std::fs::write(&env.pipeline, text).unwrap();
+    env.run_ok(&[])
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_artifacts_and_are_cached_each() {
+    let text = pipeline();
+    let env = env_with(&text);
+    let whole = outputs(&env.run_ok(&[]));
+
+    let three = sharded(&text, &[("sample", 3), ("relabel", 3), ("evaluate", 3)]);
+    let summary = run_with(&env, &three);
+    let st = states(&summary);
+    let out = outputs(&summary);
+    for stage in ["sample", "relabel", "evaluate"] {
+        for k in 1..=3 {
+            let shard = format!("{stage}/shard-{k}-of-3");
+            assert_eq!(st[&shard], "executed", "{shard}: {st:?}");
+        }
+        // The merge step ran (it is no cache hit) and made the unsharded stage's artifact.
+        assert_eq!(st[stage], "executed", "{stage}: {st:?}");
+        assert_eq!(out[stage], whole[stage], "{stage}: merged != unsharded");
+    }
+    // Shards did different work: no two shards of a stage made the same part.
+    for stage in ["sample", "relabel", "evaluate"] {
+        let parts: std::collections::BTreeSet<_> = (1..=3)
+            .map(|k| out[&format!("{stage}/shard-{k}-of-3")].clone())
+            .collect();
+        assert_eq!(parts.len(), 3, "{stage}: {out:?}");
+    }
+    // Upstream and downstream of the merged stages did not run again.
+    for stage in ["train_set", "test_set", "tokenizer", "init", "grade"] {
+        assert_eq!(st[stage], "cached", "{stage}: {st:?}");
+    }
+    // The relabel actually relabelled (the micro model is always wrong): a second turn.
+    let relabelled = env.output_dir("relabel");
+    let first = std::fs::read_to_string(relabelled.join("shard-00000.jsonl")).unwrap();
+    assert!(first.contains("\"turn\":2"), "{first}");
+
+    // Every shard's result is cached: a re-run executes nothing and commits nothing.
+    let results = env.result_count();
+    let again = run_with(&env, &three);
+    let executed: Vec<_> = states(&again)
+        .into_iter()
+        .filter(|(_, s)| s != "cached")
+        .collect();
+    assert!(executed.is_empty(), "{executed:?}");
+    assert_eq!(env.result_count(), results);
+
+    // Another shard count re-runs that stage's shards and merge only.
+    let two = sharded(&text, &[("sample", 2), ("relabel", 3), ("evaluate", 3)]);
+    let summary = run_with(&env, &two);
+    let st = states(&summary);
+    for stage in ["sample/shard-1-of-2", "sample/shard-2-of-2", "sample"] {
+        assert_eq!(st[stage], "executed", "{stage}: {st:?}");
+    }
+    for (stage, state) in &st {
+        if !stage.starts_with("sample") {
+            assert_eq!(state, "cached", "{stage}: {st:?}");
+        }
+    }
+    assert_eq!(outputs(&summary)["sample"], whole["sample"]);
+}
+
+#[test]
+fn a_kind_that_cannot_be_sharded_is_refused_at_its_shards_line() {
+    let text = sharded(&pipeline(), &[("grade", 2)]);
+    let env = env_with(&text);
+    let out = env.rise(&["plan", "PIPELINE"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .position(|l| l == "shards = 2")
+        .expect("shards line")
+        + 1;
+    assert!(
+        err.contains(&format!(
+            ":{line}: field stage.grade.shards: kind `grade` cannot be sharded"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("kinds that can: evaluate, relabel, sample"),
+        "{err}"
+    );
+    // One error, not one per shard.
+    assert_eq!(err.matches("error").count(), 1, "{err}");
+}
