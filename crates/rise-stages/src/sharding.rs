@@ -306,6 +306,159 @@ mod tests {
         assert!(check_shard(&serde_json::json!({"index": 0, "count": 1, "x": 1})).is_err());
     }
 
+    use crate::kinds::dataset::tests::ctx;
+    use crate::metrics::GradedAnswer;
+    use crate::rollout::Trajectory;
+
+    fn trajectory(i: usize) -> Trajectory {
+        Trajectory {
+            prompt_id: format!("p{i}"),
+            question: format!("question {i}"),
+            gold: i.to_string(),
+            attempts: Vec::new(),
+        }
+    }
+
+    fn meta(trajectories: usize, window: usize) -> RolloutsMeta {
+        RolloutsMeta {
+            task: TaskKind::Synthetic,
+            trajectories,
+            graded: true,
+            window,
+        }
+    }
+
+    /// What the unsharded stage writes for `n` trajectories in files of `size`, and what `count`
+    /// shards of it write (each its whole files, under their names in the whole).
+    fn whole_and_parts(
+        n: usize,
+        size: usize,
+        count: usize,
+    ) -> (tempfile::TempDir, Vec<tempfile::TempDir>) {
+        let all: Vec<Trajectory> = (0..n).map(trajectory).collect();
+        let whole = tempfile::tempdir().unwrap();
+        rollout::write_trajectories(whole.path(), &all, size).unwrap();
+        write_json(&whole.path().join(META_FILE), &meta(n, 2)).unwrap();
+        let files = n.div_ceil(size).max(1);
+        let parts = (0..count)
+            .map(|index| {
+                let dir = tempfile::tempdir().unwrap();
+                let mine = Shard { index, count }.units(files);
+                let mut k = 0;
+                for f in mine {
+                    let items = &all[(f * size).min(n)..((f + 1) * size).min(n)];
+                    rollout::write_jsonl(&dir.path().join(rollout::shard_name(f)), items).unwrap();
+                    k += items.len();
+                }
+                write_json(&dir.path().join(META_FILE), &meta(k, 2)).unwrap();
+                dir
+            })
+            .collect();
+        (whole, parts)
+    }
+
+    fn merge_ctx(out: &Path, parts: &[&Path]) -> StageContext {
+        let mut c = ctx(serde_json::json!({}), out);
+        for (i, p) in parts.iter().enumerate() {
+            c.inputs.insert(
+                rise_engine::pipeline::shard_input(i as u32),
+                p.to_path_buf(),
+            );
+        }
+        c
+    }
+
+    fn same_files(a: &Path, b: &Path) {
+        let names = |d: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(a), names(b));
+        for n in names(a) {
+            assert_eq!(
+                std::fs::read(a.join(&n)).unwrap(),
+                std::fs::read(b.join(&n)).unwrap(),
+                "{n:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rollout_shards_merge_into_the_unsharded_bytes() {
+        for (n, size, count) in [(20, 4, 3), (7, 2, 2), (3, 4, 3), (0, 4, 2), (9, 1, 9)] {
+            let (whole, parts) = whole_and_parts(n, size, count);
+            let out = tempfile::tempdir().unwrap();
+            let paths: Vec<&Path> = parts.iter().map(|d| d.path()).collect();
+            run_rollouts_merge(&merge_ctx(out.path(), &paths)).unwrap();
+            same_files(whole.path(), out.path());
+        }
+    }
+
+    #[test]
+    fn rollout_merge_refuses_what_is_not_one_stage_s_shards() {
+        let (_, parts) = whole_and_parts(20, 4, 3);
+        let out = tempfile::tempdir().unwrap();
+        // A shard missing: its files leave a gap.
+        let e = run_rollouts_merge(&merge_ctx(out.path(), &[parts[0].path(), parts[2].path()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not consecutive shards"), "{e}");
+        // Shards out of order.
+        let e = run_rollouts_merge(&merge_ctx(out.path(), &[parts[1].path(), parts[0].path()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not consecutive shards"), "{e}");
+        // Another window.
+        write_json(&parts[1].path().join(META_FILE), &meta(8, 3)).unwrap();
+        let paths: Vec<&Path> = parts.iter().map(|d| d.path()).collect();
+        let e = run_rollouts_merge(&merge_ctx(out.path(), &paths))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another task or window"), "{e}");
+    }
+
+    #[test]
+    fn evaluate_shards_merge_into_the_unsharded_metrics_and_samples() {
+        let answer = |i: usize, t: usize| GradedAnswer {
+            answer: Some(((i * 7 + t) % 3).to_string()),
+            correct: (i + t) % 3 == 0,
+        };
+        let evals: Vec<ProblemEval> = (0..7)
+            .map(|i| ProblemEval {
+                prompt_id: format!("p{i}"),
+                parallel: (0..2).map(|t| answer(i, t)).collect(),
+                sequential: (0..3).map(|t| answer(i, t)).collect(),
+            })
+            .collect();
+        let samples: Vec<Value> = evals
+            .iter()
+            .map(|e| serde_json::json!({ "prompt_id": e.prompt_id, "text": "é\n" }))
+            .collect();
+        let task = TaskKind::Synthetic;
+        // The unsharded stage: metrics.json over all problems, samples.jsonl.
+        let whole = tempfile::tempdir().unwrap();
+        let metrics = compute(&evals, &|a, b| answers_equivalent(task, a, b)).unwrap();
+        write_json(&whole.path().join("metrics.json"), &metrics).unwrap();
+        rollout::write_jsonl(&whole.path().join("samples.jsonl"), &samples).unwrap();
+        // Three shards in batches of 2 (4 batches): 2, 2 and 3 problems.
+        let parts: Vec<_> = (0..3)
+            .map(|index| {
+                let dir = tempfile::tempdir().unwrap();
+                let r = Shard { index, count: 3 }.items(evals.len(), 2);
+                write_evaluate_part(dir.path(), task, &samples[r.clone()], &evals[r]).unwrap();
+                dir
+            })
+            .collect();
+        let out = tempfile::tempdir().unwrap();
+        let paths: Vec<&Path> = parts.iter().map(|d| d.path()).collect();
+        run_evaluate_merge(&merge_ctx(out.path(), &paths)).unwrap();
+        same_files(whole.path(), out.path());
+    }
+
     #[test]
     fn merge_kinds_are_named_as_the_engine_expects() {
         for (kind, merge) in [
