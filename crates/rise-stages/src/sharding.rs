@@ -286,7 +286,7 @@ mod tests {
                     // unit boundary (and so ends on one, or at the end).
                     for r in &parts {
                         assert!(
-                            r.start % unit == 0 || r.start == total,
+                            r.start.is_multiple_of(unit) || r.start == total,
                             "{total} items in units of {unit}, {count} shards: {parts:?}"
                         );
                     }
@@ -425,7 +425,7 @@ mod tests {
     fn evaluate_shards_merge_into_the_unsharded_metrics_and_samples() {
         let answer = |i: usize, t: usize| GradedAnswer {
             answer: Some(((i * 7 + t) % 3).to_string()),
-            correct: (i + t) % 3 == 0,
+            correct: (i + t).is_multiple_of(3),
         };
         let evals: Vec<ProblemEval> = (0..7)
             .map(|i| ProblemEval {
