@@ -201,7 +201,8 @@ fn generate_into_a_reader_that_stops_early_ends_quietly() {
     let env = Env::new();
     let model = support::model::fixture("llama");
     let err_path = env.path("stderr.txt");
-    // 300 samples as JSON lines: far more than a pipe buffer holds.
+    // 1000 samples as JSON lines, about 180 KB: well over a 64 KiB pipe buffer (300 gave about
+    // 56 KB, which fits: `rise` then finished, status 0, before the reader stopped).
     let mut child = env
         .rise(&[
             "generate",
@@ -210,7 +211,7 @@ fn generate_into_a_reader_that_stops_early_ends_quietly() {
             "--prompt",
             "a",
             "--n",
-            "300",
+            "1000",
             "--max-new-tokens",
             "16",
             "--json",
