@@ -33,8 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -623,7 +622,7 @@ impl<'a> Trainer<'a> {
             let mut rng = ChaCha8Rng::seed_from_u64(
                 self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
-            order.shuffle(&mut rng);
+            shuffle_as_rand_0_8(&mut order, &mut rng);
             self.order = (epoch, order);
         }
         self.order.1[pos % n]
@@ -1032,5 +1031,54 @@ impl<'a> Trainer<'a> {
         self.resumed_from = state.step;
         self.last_loss = state.last_loss;
         Ok(())
+    }
+}
+
+/// Fisher-Yates as rand 0.8's `SliceRandom::shuffle` draws it: for i from the top, swap with
+/// an index below i + 1 from Lemire's widening multiply on one `u32`, rejecting above a zone.
+/// The example order is part of every trained checkpoint, and rand 0.9's shuffle draws
+/// differently: keeping 0.8's draws keeps every checkpoint trained before the move to 0.9.
+fn shuffle_as_rand_0_8(order: &mut [usize], rng: &mut ChaCha8Rng) {
+    for i in (1..order.len()).rev() {
+        let range = u32::try_from(i + 1).expect("fewer than 2^32 examples");
+        let zone = (range << range.leading_zeros()).wrapping_sub(1);
+        let j = loop {
+            let wide = u64::from(rng.next_u32()) * u64::from(range);
+            if (wide as u32) <= zone {
+                break (wide >> 32) as usize;
+            }
+        };
+        order.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod shuffle_tests {
+    use super::*;
+
+    /// Orders drawn by rand 0.8.8's `shuffle` with rand_chacha 0.3.1, seeded as `example_at`
+    /// seeds them (first ten entries, and the sum of position x entry over all of them).
+    #[test]
+    fn the_example_order_is_rand_0_8s() {
+        let cases: [(u64, u64, usize, [usize; 10], usize); 3] = [
+            (0, 0, 10, [3, 8, 5, 2, 7, 1, 0, 4, 9, 6], 211),
+            (1234, 3, 25, [13, 12, 14, 23, 10, 0, 2, 17, 18, 6], 3731),
+            (
+                7,
+                1,
+                1000,
+                [980, 270, 912, 703, 595, 460, 979, 433, 673, 857],
+                246_053_955,
+            ),
+        ];
+        for (seed, epoch, n, head, weighted) in cases {
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            shuffle_as_rand_0_8(&mut order, &mut rng);
+            assert_eq!(order[..10], head, "seed {seed} epoch {epoch} n {n}");
+            let sum: usize = order.iter().enumerate().map(|(i, &x)| i * x).sum();
+            assert_eq!(sum, weighted, "seed {seed} epoch {epoch} n {n}");
+        }
     }
 }
