@@ -4,13 +4,14 @@
 //! re-run resumes from the last checkpoint to the same bytes as an uninterrupted 2-rank run.
 //! The weight-level equivalence with one process (and its fp32 tolerance) is tested in
 //! `crates/rise-model/tests/data_parallel.rs`.
-mod rise_common;
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rise_common::{ci_text, describe, env_with, root, stage_logs, states, Env};
+use support::pipeline::{ci_text, env_with, stage_logs, states, Env};
+use support::{describe, root};
 
 /// A dataset, a tokenizer, a micro model and an `sft` stage `base` with `sft_extra` params.
 fn pipeline(epochs: f64, sft_extra: &str) -> String {
@@ -123,9 +124,7 @@ fn a_killed_rank_fails_the_stage_and_the_rerun_resumes_to_the_same_bytes() {
     let want = model_bytes(&straight, "base");
 
     let env = env_with(&text);
-    let mut run = Command::new(env!("CARGO_BIN_EXE_rise"))
-        .arg("--store")
-        .arg(&env.store)
+    let mut run = support::rise_at(&env.store)
         .args(["run"])
         .arg(&env.pipeline)
         .args(["--json", "-q", "--threads", "1"])
