@@ -573,7 +573,7 @@ impl<'a> Trainer<'a> {
     /// Elements of AdamW state this rank holds (both moments): with `zero`, `1/world` of the
     /// single-process figure (up to the padding to a multiple of the world size).
     pub fn optimizer_state_numel(&self) -> usize {
-        (self.flat.exp_avg.numel() + self.flat.exp_avg_sq.numel()) as usize
+        self.flat.exp_avg.numel() + self.flat.exp_avg_sq.numel()
     }
 
     /// Checkpoints go to `dir`; if it already holds one for this exact run (same data and
