@@ -84,6 +84,7 @@ pub fn run(args: Args, global: &Global) -> Result<ExitCode> {
         // A batch job's output is a file: log lines, never progress bars.
         display: DisplayMode::Plain,
         cancel,
+        executor: exec::ExecutorKind::Local,
     };
     // A key committed before the job started (a re-submitted job, a requeue after the commit)
     // is not run again: run_single re-checks only for results committed while it waits for
@@ -97,6 +98,15 @@ pub fn run(args: Args, global: &Global) -> Result<ExitCode> {
     };
     let state = match cached {
         Some(state) => state,
+        // The driver holds the key's lock for this job (see JobSpec::driver_holds_lock).
+        None if spec.driver_holds_lock => exec::run_single_under_driver_lock(
+            &resolved,
+            &registry,
+            &store,
+            &opts,
+            i,
+            spec.inputs.clone(),
+        )?,
         None => exec::run_single(&resolved, &registry, &store, &opts, i, spec.inputs.clone())?,
     };
     let (outcome, code) = match &state {

@@ -42,6 +42,12 @@ pub struct JobSpec {
     pub threads: Option<usize>,
     /// Where the job writes its [`DoneRecord`].
     pub done: PathBuf,
+    /// Whether the driver holds the key's lock while the job runs (the Slurm executor does, so
+    /// that two drivers on one store submit a key once): the job then runs the stage without
+    /// taking the lock, which it would otherwise wait for until its own driver gives up.
+    /// Absent (a spec written by hand): the job takes the lock as a local run does.
+    #[serde(default)]
+    pub driver_holds_lock: bool,
 }
 
 /// How a job ended, as far as the stage is concerned.
@@ -190,6 +196,7 @@ mod tests {
             device: "cuda".into(),
             threads: Some(4),
             done: dir.join("done.json"),
+            driver_holds_lock: true,
         }
     }
 

@@ -195,6 +195,10 @@ pub struct RunArgs {
     /// Run only this stage and what it needs (repeatable).
     #[arg(long = "stage", value_name = "STAGE")]
     stages: Vec<String>,
+    /// Where stages execute: local, or slurm (one sbatch job per stage); default: the
+    /// pipeline's `executor`, else local. Not part of cache keys.
+    #[arg(long, value_parser = ["local", "slurm"])]
+    executor: Option<String>,
     /// Plain progress lines even on a terminal.
     #[arg(long, conflicts_with = "quiet")]
     plain: bool,

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use rise_engine::exec::{self, RunOptions, RunSummary, StageState};
+use anyhow::{anyhow, Context, Result};
+use rise_engine::exec::{self, ExecutorKind, RunOptions, RunSummary, SlurmOptions, StageState};
 use rise_engine::progress::DisplayMode;
 
 use super::{load, open_store, print_json, registry, RunArgs};
@@ -28,6 +28,20 @@ pub(super) fn run(args: RunArgs, global: &Global) -> Result<ExitCode> {
         .device
         .or_else(|| resolved.pipeline.device.clone())
         .unwrap_or_else(|| "cpu".into());
+    let execution = exec::pipeline_execution(&resolved).map_err(|e| anyhow!(e))?;
+    let executor = match args.executor.or(execution.executor).as_deref() {
+        Some("slurm") => {
+            // Jobs run this very binary (`rise exec-stage`): it must be on the shared
+            // filesystem, like the store.
+            let rise = std::env::current_exe().context("cannot find the rise binary")?;
+            ExecutorKind::Slurm(Box::new(SlurmOptions {
+                defaults: execution.defaults,
+                stages: execution.stages,
+                ..SlurmOptions::new(rise)
+            }))
+        }
+        _ => ExecutorKind::Local,
+    };
     let opts = RunOptions {
         jobs: args.jobs as usize,
         device,
@@ -42,6 +56,7 @@ pub(super) fn run(args: RunArgs, global: &Global) -> Result<ExitCode> {
             DisplayMode::Auto
         },
         cancel,
+        executor,
     };
     let summary = exec::run(&resolved, &registry, &store, &opts)?;
     if args.p.json {

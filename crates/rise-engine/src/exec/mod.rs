@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 
 use rise_store::{ArtifactId, ResultId, StageKey, Store, StoreError};
@@ -32,9 +32,11 @@ use crate::resolve::Resolved;
 mod commit;
 mod run_stage;
 mod schedule;
+mod slurm;
 
-pub use run_stage::run_single;
+pub use run_stage::{run_single, run_single_under_driver_lock};
 pub use schedule::run;
+pub use slurm::{pipeline_execution, PipelineExecution, SbatchArgs, SlurmOptions};
 
 /// The engine's version, recorded in every result.
 pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,6 +58,19 @@ pub struct RunOptions {
     pub display: DisplayMode,
     /// Set to stop (Ctrl-C): running children are killed, nothing of them is committed.
     pub cancel: Arc<AtomicBool>,
+    /// Where stages whose keys miss the cache execute: here, or as Slurm jobs.
+    pub executor: ExecutorKind,
+}
+
+/// Where [`run`] executes stages (not part of keys: the same stage gives the same artifact
+/// wherever it runs).
+#[derive(Debug, Clone, Default)]
+pub enum ExecutorKind {
+    /// On this host, as child processes or threads of this process.
+    #[default]
+    Local,
+    /// Each stage as one Slurm batch job running `rise exec-stage`.
+    Slurm(Box<SlurmOptions>),
 }
 
 impl Default for RunOptions {
@@ -68,6 +83,7 @@ impl Default for RunOptions {
             targets: Vec::new(),
             display: DisplayMode::Auto,
             cancel: Arc::new(AtomicBool::new(false)),
+            executor: ExecutorKind::Local,
         }
     }
 }
@@ -278,33 +294,75 @@ pub(crate) struct StageEnv<'a> {
     /// Threads each stage may use.
     pub threads: usize,
     pub host: String,
+    /// Whether executing a stage takes its key's lock: always, except in a Slurm job whose
+    /// driver holds the lock for it (see [`run_single_under_driver_lock`]).
+    pub take_key_lock: bool,
 }
 
-/// How the scheduler gets a stage executed once its key missed the cache. Everything the
-/// scheduler knows of execution goes through this one call, so an executor that runs stages
-/// elsewhere (a batch system) replaces only this. The call blocks until the stage's outcome is
-/// known; the scheduler makes it on a thread of its own for each running stage. [`StageEnv`] is
-/// the local executor: the stage runs on this host ([`run_stage::execute`]).
-pub(crate) trait Executor: Sync {
-    /// Execute stage `stage` (an index into [`Resolved::stages`]) under `key` on these input
-    /// artifacts and commit its result. Failure and cancellation are states, not errors.
-    fn execute(
-        &self,
-        stage: usize,
-        key: StageKey,
-        inputs: BTreeMap<String, ArtifactId>,
-    ) -> StageState;
-}
-
-impl Executor for StageEnv<'_> {
-    fn execute(
-        &self,
-        stage: usize,
-        key: StageKey,
-        inputs: BTreeMap<String, ArtifactId>,
-    ) -> StageState {
-        run_stage::execute(self, stage, key, inputs)
+/// How the scheduler gets stages executed once their keys missed the cache: everything the
+/// scheduler knows of execution goes through these three calls, so an executor that runs
+/// stages elsewhere (a batch system: [`slurm`]) replaces only this. [`Local`] runs each stage
+/// on a thread of this process ([`run_stage::execute`]); failure and cancellation are states,
+/// not errors.
+pub(crate) trait Executor {
+    /// Start executing stage `stage` (an index into [`Resolved::stages`]) under `key` on these
+    /// input artifacts; its result is committed before its state comes back from [`poll`].
+    /// Returns at once (a stage that cannot even start reports its failure through `poll`).
+    ///
+    /// [`poll`]: Executor::poll
+    fn submit(&mut self, stage: usize, key: StageKey, inputs: BTreeMap<String, ArtifactId>);
+    /// Wait until at least one submitted stage has finished and return the finished ones. May
+    /// return nothing early when the run's cancel flag is set, so that the scheduler can
+    /// [`cancel`](Executor::cancel).
+    fn poll(&mut self) -> Vec<(usize, StageState)>;
+    /// The run was cancelled: stop every submitted stage (each still reports through `poll`).
+    fn cancel(&mut self);
+    /// Whether at most one GPU stage may run at a time (one machine's GPU); a batch system
+    /// gives each job its own.
+    fn one_gpu_stage_at_a_time(&self) -> bool {
+        true
     }
+}
+
+/// The local executor: each stage on a scoped thread of this process, reporting through a
+/// channel. Cancellation needs nothing here: the signal handler kills the running children
+/// and every stage checks the run's cancel flag.
+pub(crate) struct Local<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    env: &'env StageEnv<'env>,
+    tx: mpsc::Sender<(usize, StageState)>,
+    rx: mpsc::Receiver<(usize, StageState)>,
+}
+
+impl<'scope, 'env> Local<'scope, 'env> {
+    pub(crate) fn new(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        env: &'env StageEnv<'env>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        Local { scope, env, tx, rx }
+    }
+}
+
+impl Executor for Local<'_, '_> {
+    fn submit(&mut self, stage: usize, key: StageKey, inputs: BTreeMap<String, ArtifactId>) {
+        let (env, tx) = (self.env, self.tx.clone());
+        self.scope.spawn(move || {
+            let state = run_stage::execute(env, stage, key, inputs);
+            let _ = tx.send((stage, state));
+        });
+    }
+
+    fn poll(&mut self) -> Vec<(usize, StageState)> {
+        let mut out = Vec::new();
+        if let Ok(first) = self.rx.recv() {
+            out.push(first);
+            out.extend(self.rx.try_iter());
+        }
+        out
+    }
+
+    fn cancel(&mut self) {}
 }
 
 /// Threads per stage: `--threads`, else the machine's cores shared among `jobs` stages.

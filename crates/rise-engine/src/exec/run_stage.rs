@@ -42,6 +42,33 @@ pub fn run_single(
     stage: usize,
     inputs: BTreeMap<String, ArtifactId>,
 ) -> Result<StageState, RunError> {
+    single(resolved, registry, store, opts, (stage, inputs), true)
+}
+
+/// [`run_single`] without taking the key's lock, because the process that asked for this
+/// execution holds it for the whole time: a Slurm driver holds each key's lock while the key's
+/// job runs (so two drivers on one store submit a key once), and the job, `rise exec-stage`,
+/// must not wait for that lock (it would wait for its own driver forever). Only for a job
+/// spec that says its driver holds the lock.
+pub fn run_single_under_driver_lock(
+    resolved: &Resolved,
+    registry: &Registry,
+    store: &Store,
+    opts: &RunOptions,
+    stage: usize,
+    inputs: BTreeMap<String, ArtifactId>,
+) -> Result<StageState, RunError> {
+    single(resolved, registry, store, opts, (stage, inputs), false)
+}
+
+fn single(
+    resolved: &Resolved,
+    registry: &Registry,
+    store: &Store,
+    opts: &RunOptions,
+    (stage, inputs): (usize, BTreeMap<String, ArtifactId>),
+    take_key_lock: bool,
+) -> Result<StageState, RunError> {
     let run_id = new_run_id();
     let cache = Cache::load(store)?;
     let width = resolved.stages[stage].name.len();
@@ -56,6 +83,7 @@ pub fn run_single(
         run_id: &run_id,
         threads: threads_per_stage(opts, 1),
         host: hostname(),
+        take_key_lock,
     };
     let key = stage_key(&resolved.stages[stage], &inputs);
     let state = execute(&env, stage, key, inputs);
@@ -121,15 +149,11 @@ fn execute_inner(
     };
     let pipeline = &env.resolved.pipeline.name;
     let what = format!("rise run {pipeline}: stage {}", stage.name);
-    let _lock = env
-        .store
-        .lock_key_with(&key, &what, &mut |holder| {
-            let who = holder.map_or("holder unknown".to_string(), |h| {
-                format!("pid {} ({}): {}", h.pid, h.what, h.command)
-            });
-            env.display.waiting(&stage.name, &who);
-        })
-        .map_err(store_err)?;
+    let _lock = if env.take_key_lock {
+        Some(lock_key(env, &stage.name, &key, &what).map_err(store_err)?)
+    } else {
+        None
+    };
     phase("key locked");
     // Another run may have committed this key while we waited for its lock.
     if let CacheCheck::Hit { result, manifest } = env.cache.check_live(&key).map_err(store_err)? {
@@ -189,6 +213,21 @@ fn execute_inner(
         result,
         output,
         seconds,
+    })
+}
+
+/// Takes `key`'s lock, showing who holds it while waiting.
+pub(crate) fn lock_key(
+    env: &StageEnv<'_>,
+    stage: &str,
+    key: &StageKey,
+    what: &str,
+) -> Result<rise_store::KeyLock, rise_store::StoreError> {
+    env.store.lock_key_with(key, what, &mut |holder| {
+        let who = holder.map_or("holder unknown".to_string(), |h| {
+            format!("pid {} ({}): {}", h.pid, h.what, h.command)
+        });
+        env.display.waiting(stage, &who);
     })
 }
 

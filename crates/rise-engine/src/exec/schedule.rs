@@ -10,15 +10,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use rise_store::{ArtifactId, StageKey, Store};
 use serde_json::json;
 
 use super::commit::adopt;
+use super::slurm::Slurm;
 use super::{
-    hostname, new_run_id, now_rfc3339, threads_per_stage, Executor, RunError, RunOptions,
-    RunSummary, StageEnv, StageReport, StageState, ENGINE_VERSION,
+    hostname, new_run_id, now_rfc3339, threads_per_stage, Executor, ExecutorKind, Local, RunError,
+    RunOptions, RunSummary, StageEnv, StageReport, StageState, ENGINE_VERSION,
 };
 use crate::plan::{stage_key, Cache, CacheCheck};
 use crate::progress::Display;
@@ -62,9 +63,19 @@ pub fn run(
         run_id: &run_id,
         threads: threads_per_stage(opts, opts.jobs.max(1)),
         host: hostname(),
+        take_key_lock: true,
     };
     let mut scheduler = Scheduler::new(&env, selected, opts.jobs.max(1));
-    scheduler.run(&env)?;
+    match &opts.executor {
+        ExecutorKind::Local => std::thread::scope(|scope| {
+            let mut local = Local::new(scope, &env);
+            scheduler.run(&env, &mut local)
+        })?,
+        ExecutorKind::Slurm(slurm) => {
+            let mut slurm = Slurm::new(&env, slurm);
+            scheduler.run(&env, &mut slurm)?
+        }
+    }
     // Commits only write their markers; index them once for the whole run so that the next
     // reader does not pay for it.
     store.sync_index_if_committed()?;
@@ -146,6 +157,8 @@ struct Scheduler<'e> {
     checked: Vec<bool>,
     running: usize,
     gpu_busy: bool,
+    /// Whether the executor runs at most one GPU stage at a time (one machine's GPU).
+    one_gpu: bool,
     /// Twin keys (stages whose kind, params and inputs are identical) execute once per run: a
     /// twin waits while its key runs, then takes the result.
     executing: HashMap<StageKey, usize>,
@@ -164,45 +177,45 @@ impl<'e> Scheduler<'e> {
             checked: vec![false; n],
             running: 0,
             gpu_busy: false,
+            one_gpu: true,
             executing: HashMap::new(),
             finished_keys: HashMap::new(),
         }
     }
 
-    /// Start what can start, wait for a running stage, repeat until nothing runs.
-    fn run(&mut self, env: &StageEnv<'_>) -> Result<(), RunError> {
-        let executor: &dyn Executor = env;
-        let (tx, rx) = mpsc::channel::<(usize, StageState)>();
-        std::thread::scope(|scope| -> Result<(), RunError> {
-            loop {
-                let cancelled = env.opts.cancel.load(Ordering::SeqCst);
-                let mut progressed = true;
-                while progressed {
-                    progressed = false;
-                    for idx in 0..self.resolved.order.len() {
-                        let i = self.resolved.order[idx];
-                        match self.step(env, i, cancelled)? {
-                            Step::Wait => {}
-                            Step::Settled => progressed = true,
-                            Step::Launch(key, inputs) => {
-                                let tx = tx.clone();
-                                scope.spawn(move || {
-                                    let state = executor.execute(i, key, inputs);
-                                    let _ = tx.send((i, state));
-                                });
-                                progressed = true;
-                            }
+    /// Start what can start, wait for running stages, repeat until nothing runs.
+    fn run(&mut self, env: &StageEnv<'_>, executor: &mut dyn Executor) -> Result<(), RunError> {
+        self.one_gpu = executor.one_gpu_stage_at_a_time();
+        let mut cancel_sent = false;
+        loop {
+            let cancelled = env.opts.cancel.load(Ordering::SeqCst);
+            if cancelled && !cancel_sent {
+                executor.cancel();
+                cancel_sent = true;
+            }
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for idx in 0..self.resolved.order.len() {
+                    let i = self.resolved.order[idx];
+                    match self.step(env, i, cancelled)? {
+                        Step::Wait => {}
+                        Step::Settled => progressed = true,
+                        Step::Launch(key, inputs) => {
+                            executor.submit(i, key, inputs);
+                            progressed = true;
                         }
                     }
                 }
-                if self.running == 0 {
-                    break;
-                }
-                let Ok((i, state)) = rx.recv() else { break };
+            }
+            if self.running == 0 {
+                break;
+            }
+            for (i, state) in executor.poll() {
                 self.finished(i, state);
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// Look at stage `i`: settle it, launch it, or leave it for later.
@@ -245,7 +258,7 @@ impl<'e> Scheduler<'e> {
             }
         }
         let gpu = stage.execution.uses_gpu();
-        if self.running >= self.jobs || (gpu && self.gpu_busy) {
+        if self.running >= self.jobs || (gpu && self.one_gpu && self.gpu_busy) {
             return Ok(Step::Wait);
         }
         self.running += 1;

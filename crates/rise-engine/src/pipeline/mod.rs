@@ -44,7 +44,9 @@ use stage_table::parse_stage;
 pub(crate) use suggest::suggest;
 
 /// Fields of `[stage.NAME]` the engine itself interprets; any other field is a kind field.
-pub const ENGINE_FIELDS: &[&str] = &["kind", "inputs", "params", "seed", "shards"];
+/// (`resources`: the stage's batch-job resources, read by the Slurm executor, never part of
+/// the key.)
+pub const ENGINE_FIELDS: &[&str] = &["kind", "inputs", "params", "seed", "shards", "resources"];
 
 /// A parsed pipeline: iteration templates expanded, input references resolved to stage names.
 /// Not yet checked against stage kinds (see [`crate::resolve`]).
@@ -313,7 +315,11 @@ fn parse_pipeline_table(
                         Err(m) => errors.at(&field, m),
                     },
                     ("description", toml::Value::String(_)) => {}
-                    ("name" | "device" | "description", other) => errors.at(
+                    // Where and with what stages run (#15), not what they compute: checked by
+                    // `rise run` (exec::pipeline_execution), never part of a key.
+                    ("executor", toml::Value::String(_)) => {}
+                    ("resources", toml::Value::Table(_)) => {}
+                    ("name" | "device" | "description" | "executor", other) => errors.at(
                         &field,
                         format!("expected a string, got {}", toml_type(other)),
                     ),
@@ -323,7 +329,8 @@ fn parse_pipeline_table(
                     ),
                     _ => errors.at(
                         &field,
-                        "unknown field; [pipeline] has name, seed, device, description",
+                        "unknown field; [pipeline] has name, seed, device, description, \
+                         executor, resources",
                     ),
                 }
             }
