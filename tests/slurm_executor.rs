@@ -340,3 +340,46 @@ fn two_drivers_on_one_store_submit_each_key_once() {
         "a key was submitted twice"
     );
 }
+
+/// The output of every stage in a `rise run --json` summary.
+fn outputs(summary: &serde_json::Value) -> Vec<(String, String)> {
+    summary["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            let name = s["stage"].as_str().unwrap().to_string();
+            (name, s["output"].as_str().unwrap_or("none").to_string())
+        })
+        .collect()
+}
+
+/// `pipelines/rise-ci.toml` up to `eval_base` (6 jobs: datasets, tokenizer, and the torch
+/// stages model, sft, evaluate in `rise-worker` on the node; the whole file is 26 stages, over
+/// this test's budget of about 10 jobs) gives every artifact a local run gives. `--threads 1`
+/// on both: sft's output depends on the thread count (threads are not part of keys).
+#[test]
+fn rise_ci_under_slurm_gives_the_local_artifacts() {
+    slurm_support::cluster();
+    let slurm = support::pipeline::ci_env();
+    let local = support::pipeline::ci_env();
+    let target = ["--stage", "eval_base"];
+    let s = slurm.run_ok(&[&target[..], &["--executor", "slurm", "--jobs", "4"]].concat());
+    let l = local.run_ok(&target);
+    let got = outputs(&s);
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert!(got.iter().all(|(_, o)| o != "none"), "{got:?}");
+    assert_eq!(got, outputs(&l));
+    assert_eq!(submitted(&slurm.store).len(), 6);
+    // A re-run submits no job.
+    let again = slurm.run_ok(&[&target[..], &["--executor", "slurm"]].concat());
+    assert!(
+        again["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "cached"),
+        "{again:#}"
+    );
+    assert_eq!(submitted(&slurm.store).len(), 6, "a re-run submitted a job");
+}
