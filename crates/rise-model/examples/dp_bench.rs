@@ -61,7 +61,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let examples: Vec<TrainExample> = (0..BATCH)
         .map(|_| TrainExample {
-            ids: (0..LEN).map(|_| rng.random_range(3..VOCAB as u32)).collect(),
+            ids: (0..LEN)
+                .map(|_| rng.random_range(3..VOCAB as u32))
+                .collect(),
             loss_mask: vec![true; LEN],
             weight: 1.0,
         })
