@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use support::describe;
-use support::pipeline::{env_with, states, Env};
+use support::pipeline::{env_with, stage_logs, states, Env};
 
 /// A micro model (untrained: its answers are all wrong, so relabel has work at every state),
 /// and sample / relabel / evaluate with units that do not divide evenly into 3 shards:
@@ -179,4 +179,52 @@ fn a_kind_that_cannot_be_sharded_is_refused_at_its_shards_line() {
     );
     // One error, not one per shard.
     assert_eq!(err.matches("error").count(), 1, "{err}");
+}
+
+/// `--gpus 0,1,2`: the three shards of a GPU stage run at once, one per GPU, each with its own
+/// card as `CUDA_VISIBLE_DEVICES` (the engine notes it in the stage log where it sets it). The
+/// stage runs on the CPU here: no GPU is needed to check who gets which card. Without
+/// `--gpus`, GPU stages run one at a time and the environment is left alone.
+#[test]
+fn gpus_run_one_shard_per_gpu_at_once() {
+    let text = sharded(&pipeline(), &[("sample", 3)]);
+    let env = env_with(&text);
+    let summary = env.run_ok(&["--jobs", "3", "--gpus", "0,1,2", "--stage", "sample"]);
+    let st = states(&summary);
+    let mut cards = std::collections::BTreeSet::new();
+    for k in 1..=3 {
+        let shard = format!("sample/shard-{k}-of-3");
+        assert_eq!(st[&shard], "executed", "{shard}: {st:?}");
+        let log = stage_logs(&env.store, &shard);
+        let seen: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("# CUDA_VISIBLE_DEVICES="))
+            .collect();
+        assert_eq!(seen.len(), 1, "{shard}: {log}");
+        cards.insert(seen[0].to_string());
+    }
+    // A card is handed out lowest first and taken back when its stage ends: three different
+    // cards mean the three shards held them at the same time.
+    assert_eq!(
+        cards.into_iter().collect::<Vec<_>>(),
+        ["0", "1", "2"],
+        "shards did not run side by side"
+    );
+
+    // Without --gpus: no card assigned (the merge is in-process, the shards cached).
+    let fresh = env_with(&sharded(&pipeline(), &[("evaluate", 2)]));
+    fresh.run_ok(&["--jobs", "2", "--stage", "evaluate"]);
+    for k in 1..=2 {
+        let log = stage_logs(&fresh.store, &format!("evaluate/shard-{k}-of-2"));
+        assert!(!log.contains("CUDA_VISIBLE_DEVICES"), "{log}");
+    }
+
+    // Each id once.
+    let out = env.rise(&["run", "PIPELINE", "--gpus", "0,0"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give each GPU id once"),
+        "{}",
+        describe(&out)
+    );
 }

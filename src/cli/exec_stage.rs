@@ -85,6 +85,7 @@ pub fn run(args: Args, global: &Global) -> Result<ExitCode> {
         display: DisplayMode::Plain,
         cancel,
         executor: exec::ExecutorKind::Local,
+        gpus: Vec::new(),
     };
     // A key committed before the job started (a re-submitted job, a requeue after the commit)
     // is not run again: run_single re-checks only for results committed while it waits for

@@ -41,7 +41,8 @@ pub enum Command {
         long_about = "Run a pipeline. Each stage's cache key covers its kind and version, resolved \
 params (files named by params by content), input artifacts and seed; a stage runs only if no valid \
 result exists for its key, so a no-op re-run executes nothing and an edit re-runs exactly the stages \
-it affects. Independent stages run in parallel (--jobs); at most one GPU stage runs at a time.\n\n\
+it affects. Independent stages run in parallel (--jobs); at most one GPU stage runs at a time, or one \
+per GPU with --gpus 0,1,... (each sees only its card as CUDA_VISIBLE_DEVICES).\n\n\
 A failing stage does not stop independent branches; its dependents are skipped and the run exits 1 \
 naming the stage and its log. Ctrl-C stops cleanly: running stages are killed, nothing of them is \
 committed, their scratch (resumable state) is kept; run again to continue.\n\n\
@@ -199,6 +200,11 @@ pub struct RunArgs {
     /// pipeline's `executor`, else local. Not part of cache keys.
     #[arg(long, value_parser = ["local", "slurm"])]
     executor: Option<String>,
+    /// This machine's GPUs for the local executor, e.g. `--gpus 0,1,2,3`: one GPU stage per
+    /// GPU at once (the shards of a sharded stage side by side), each seeing only its own card
+    /// (CUDA_VISIBLE_DEVICES). Default: one GPU stage at a time. Not part of cache keys.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    gpus: Vec<String>,
     /// Plain progress lines even on a terminal.
     #[arg(long, conflicts_with = "quiet")]
     plain: bool,

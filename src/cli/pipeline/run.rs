@@ -18,6 +18,20 @@ macro_rules! errln {
     }};
 }
 
+/// `--gpus`: each id once.
+fn gpus(ids: Vec<String>) -> Result<Vec<String>> {
+    let mut seen = std::collections::BTreeSet::new();
+    for id in &ids {
+        if id.trim().is_empty() || !seen.insert(id.trim()) {
+            return Err(anyhow!(
+                "--gpus {}: give each GPU id once, separated by commas (e.g. --gpus 0,1,2,3)",
+                ids.join(",")
+            ));
+        }
+    }
+    Ok(ids.iter().map(|id| id.trim().to_string()).collect())
+}
+
 pub(super) fn run(args: RunArgs, global: &Global) -> Result<ExitCode> {
     let registry = registry();
     let resolved = load(&args.p.pipeline, &registry, Some(&global.store))?;
@@ -57,6 +71,7 @@ pub(super) fn run(args: RunArgs, global: &Global) -> Result<ExitCode> {
         },
         cancel,
         executor,
+        gpus: gpus(args.gpus)?,
     };
     let summary = exec::run(&resolved, &registry, &store, &opts)?;
     if args.p.json {

@@ -60,6 +60,11 @@ pub struct RunOptions {
     pub cancel: Arc<AtomicBool>,
     /// Where stages whose keys miss the cache execute: here, or as Slurm jobs.
     pub executor: ExecutorKind,
+    /// `--gpus`: this machine's GPUs (CUDA device ids) for the local executor. As many GPU
+    /// stages run at once as there are ids, each with one of them as its only visible device
+    /// (`CUDA_VISIBLE_DEVICES`). Empty: one GPU stage at a time, the environment untouched.
+    /// Not part of keys.
+    pub gpus: Vec<String>,
 }
 
 /// Where [`run`] executes stages (not part of keys: the same stage gives the same artifact
@@ -84,6 +89,7 @@ impl Default for RunOptions {
             display: DisplayMode::Auto,
             cancel: Arc::new(AtomicBool::new(false)),
             executor: ExecutorKind::Local,
+            gpus: Vec::new(),
         }
     }
 }
@@ -322,6 +328,10 @@ pub(crate) trait Executor {
     fn one_gpu_stage_at_a_time(&self) -> bool {
         true
     }
+    /// How many GPU stages may run at once (`None`: no limit beyond `--jobs`).
+    fn gpu_stages_at_once(&self) -> Option<usize> {
+        self.one_gpu_stage_at_a_time().then_some(1)
+    }
 }
 
 /// The local executor: each stage on a scoped thread of this process, reporting through a
@@ -332,6 +342,10 @@ pub(crate) struct Local<'scope, 'env> {
     env: &'env StageEnv<'env>,
     tx: mpsc::Sender<(usize, StageState)>,
     rx: mpsc::Receiver<(usize, StageState)>,
+    /// Which of `--gpus` a running stage holds.
+    gpu_busy: Vec<bool>,
+    /// Running stage -> the index in `--gpus` of the GPU it holds.
+    held_gpus: BTreeMap<usize, usize>,
 }
 
 impl<'scope, 'env> Local<'scope, 'env> {
@@ -340,15 +354,32 @@ impl<'scope, 'env> Local<'scope, 'env> {
         env: &'env StageEnv<'env>,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
-        Local { scope, env, tx, rx }
+        Local {
+            scope,
+            env,
+            tx,
+            rx,
+            gpu_busy: vec![false; env.opts.gpus.len()],
+            held_gpus: BTreeMap::new(),
+        }
     }
 }
 
 impl Executor for Local<'_, '_> {
     fn submit(&mut self, stage: usize, key: StageKey, inputs: BTreeMap<String, ArtifactId>) {
         let (env, tx) = (self.env, self.tx.clone());
+        // The first free one (the scheduler starts no more GPU stages than there are GPUs).
+        let free = self.gpu_busy.iter().position(|busy| !busy);
+        let gpu = match free {
+            Some(g) if env.resolved.stages[stage].execution.uses_gpu() => {
+                self.gpu_busy[g] = true;
+                self.held_gpus.insert(stage, g);
+                Some(env.opts.gpus[g].clone())
+            }
+            _ => None,
+        };
         self.scope.spawn(move || {
-            let state = run_stage::execute(env, stage, key, inputs);
+            let state = run_stage::execute(env, stage, key, inputs, gpu.as_deref());
             let _ = tx.send((stage, state));
         });
     }
@@ -359,10 +390,19 @@ impl Executor for Local<'_, '_> {
             out.push(first);
             out.extend(self.rx.try_iter());
         }
+        for (stage, _) in &out {
+            if let Some(g) = self.held_gpus.remove(stage) {
+                self.gpu_busy[g] = false;
+            }
+        }
         out
     }
 
     fn cancel(&mut self) {}
+
+    fn gpu_stages_at_once(&self) -> Option<usize> {
+        Some(self.env.opts.gpus.len().max(1))
+    }
 }
 
 /// Threads per stage: `--threads`, else the machine's cores shared among `jobs` stages.

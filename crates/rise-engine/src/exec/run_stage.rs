@@ -86,7 +86,7 @@ fn single(
         take_key_lock,
     };
     let key = stage_key(&resolved.stages[stage], &inputs);
-    let state = execute(&env, stage, key, inputs);
+    let state = execute(&env, stage, key, inputs, None);
     store.sync_index_if_committed()?;
     Ok(state)
 }
@@ -98,13 +98,14 @@ pub(crate) fn execute(
     i: usize,
     key: StageKey,
     inputs: BTreeMap<String, ArtifactId>,
+    gpu: Option<&str>,
 ) -> StageState {
     let stage = &env.resolved.stages[i];
     let log_path = stage_log_path(env.store, env.run_id, &stage.name);
     let span =
         tracing::info_span!("stage", name = %stage.name, kind = %stage.kind, key = %key.short(12));
     let _enter = span.enter();
-    match execute_inner(env, stage, key, inputs, &log_path) {
+    match execute_inner(env, stage, key, inputs, &log_path, gpu) {
         Ok(state) => state,
         Err(err) => {
             let cancelled = err.is_cancelled();
@@ -142,6 +143,7 @@ fn execute_inner(
     key: StageKey,
     inputs: BTreeMap<String, ArtifactId>,
     log_path: &Path,
+    gpu: Option<&str>,
 ) -> Result<StageState, StageError> {
     let t_phase = Instant::now();
     let phase = |what: &str| {
@@ -187,7 +189,7 @@ fn execute_inner(
     let t0 = Instant::now();
     match stage.execution {
         Execution::Shell => run_shell(env, &ctx, &key, &log)?,
-        Execution::Worker { .. } => run_worker(env, &ctx, &key, &log)?,
+        Execution::Worker { .. } => run_worker(env, &ctx, &key, &log, gpu)?,
         Execution::InProcess => run_in_process(kind, &ctx)?,
     }
     phase("command finished");
@@ -377,6 +379,7 @@ pub(crate) fn run_worker(
     ctx: &StageContext,
     key: &StageKey,
     log: &StageLog,
+    gpu: Option<&str>,
 ) -> Result<(), StageError> {
     let sink = log_sink(log);
     let worker = env
@@ -394,6 +397,11 @@ pub(crate) fn run_worker(
     cmd.arg("stage")
         .arg(&spec_path)
         .env(STAGE_TOKEN_VAR, processes.token());
+    if let Some(gpu) = gpu {
+        // `--gpus`: this stage's one card; `cuda` (or `cuda:0`) in the stage is that card.
+        cmd.env("CUDA_VISIBLE_DEVICES", gpu);
+        log.line(&format!("# CUDA_VISIBLE_DEVICES={gpu}"));
+    }
     let exit = run_child(cmd, &sink, &ctx.progress, &env.opts.cancel);
     finish_processes(processes, log);
     let exit = exit?;

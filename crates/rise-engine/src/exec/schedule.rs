@@ -156,9 +156,10 @@ struct Scheduler<'e> {
     /// Whether the per-run cache was asked about the stage's key (once per stage).
     checked: Vec<bool>,
     running: usize,
-    gpu_busy: bool,
-    /// Whether the executor runs at most one GPU stage at a time (one machine's GPU).
-    one_gpu: bool,
+    /// GPU stages running.
+    gpu_running: usize,
+    /// How many GPU stages the executor runs at once (`None`: any number).
+    gpu_limit: Option<usize>,
     /// Twin keys (stages whose kind, params and inputs are identical) execute once per run: a
     /// twin waits while its key runs, then takes the result.
     executing: HashMap<StageKey, usize>,
@@ -176,8 +177,8 @@ impl<'e> Scheduler<'e> {
             keys: vec![None; n],
             checked: vec![false; n],
             running: 0,
-            gpu_busy: false,
-            one_gpu: true,
+            gpu_running: 0,
+            gpu_limit: Some(1),
             executing: HashMap::new(),
             finished_keys: HashMap::new(),
         }
@@ -185,7 +186,7 @@ impl<'e> Scheduler<'e> {
 
     /// Start what can start, wait for running stages, repeat until nothing runs.
     fn run(&mut self, env: &StageEnv<'_>, executor: &mut dyn Executor) -> Result<(), RunError> {
-        self.one_gpu = executor.one_gpu_stage_at_a_time();
+        self.gpu_limit = executor.gpu_stages_at_once();
         let mut cancel_sent = false;
         loop {
             let cancelled = env.opts.cancel.load(Ordering::SeqCst);
@@ -258,11 +259,12 @@ impl<'e> Scheduler<'e> {
             }
         }
         let gpu = stage.execution.uses_gpu();
-        if self.running >= self.jobs || (gpu && self.one_gpu && self.gpu_busy) {
+        let gpus_full = self.gpu_limit.is_some_and(|n| self.gpu_running >= n);
+        if self.running >= self.jobs || (gpu && gpus_full) {
             return Ok(Step::Wait);
         }
         self.running += 1;
-        self.gpu_busy |= gpu;
+        self.gpu_running += usize::from(gpu);
         self.executing.insert(key, i);
         self.states[i] = Some(StageState::NotRun);
         Ok(Step::Launch(key, inputs))
@@ -298,7 +300,7 @@ impl<'e> Scheduler<'e> {
     fn finished(&mut self, i: usize, state: StageState) {
         self.running -= 1;
         if self.resolved.stages[i].execution.uses_gpu() {
-            self.gpu_busy = false;
+            self.gpu_running -= 1;
         }
         if let Some(key) = self.keys[i] {
             self.executing.remove(&key);
