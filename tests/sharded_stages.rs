@@ -90,6 +90,16 @@ fn outputs(summary: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// When a stage's result was computed: (started_at, finished_at), RFC 3339 UTC with fixed
+/// digits, so they compare as strings.
+fn ran(env: &Env, stage: &str) -> (String, String) {
+    let out = env.rise(&["show", stage, "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let at = |k: &str| v["manifest"][k].as_str().expect(k).to_string();
+    (at("started_at"), at("finished_at"))
+}
+
 fn run_with(env: &Env, text: &str) -> Value {
     std::fs::write(&env.pipeline, text).unwrap();
     env.run_ok(&[])
@@ -218,6 +228,12 @@ fn gpus_run_one_shard_per_gpu_at_once() {
         let log = stage_logs(&fresh.store, &format!("evaluate/shard-{k}-of-2"));
         assert!(!log.contains("CUDA_VISIBLE_DEVICES"), "{log}");
     }
+    // ... and one GPU stage at a time, whatever --jobs says.
+    let [a, b] = [1, 2].map(|k| ran(&fresh, &format!("evaluate/shard-{k}-of-2")));
+    assert!(
+        a.1 <= b.0 || b.1 <= a.0,
+        "GPU stages overlapped: {a:?} {b:?}"
+    );
 
     // Each id once.
     let out = env.rise(&["run", "PIPELINE", "--gpus", "0,0"]);
