@@ -259,6 +259,13 @@ fn sigterm_to_the_driver_cancels_its_jobs_and_the_rerun_resumes() {
         .spawn()
         .unwrap();
     wait_for(&started, "the job never started its stage");
+    // `rise status` names the running stage's job.
+    let status = env.ok(&["status", env.path("p.toml").to_str().unwrap()]);
+    let running = status
+        .lines()
+        .find(|l| l.starts_with("running slow: "))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(running.contains("slurm job "), "{running}");
     // SAFETY: signalling the child we spawned.
     assert_eq!(unsafe { libc::kill(driver.id() as i32, libc::SIGTERM) }, 0);
     let out = driver.wait_with_output().unwrap();
@@ -278,6 +285,7 @@ fn sigterm_to_the_driver_cancels_its_jobs_and_the_rerun_resumes() {
             Some(rest.split_whitespace().next()?.to_string())
         })
         .expect("the run log names the job");
+    assert!(running.ends_with(&format!("slurm job {job}")), "{running}");
     let state = Command::new("squeue")
         .args(["-h", "-t", "all", "-o", "%T", "-j", &job])
         .output()

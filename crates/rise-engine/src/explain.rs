@@ -237,6 +237,8 @@ pub struct StageStatus {
     pub last_result: Option<StatusResult>,
     /// The process executing its key now, if any.
     pub running_pid: Option<u32>,
+    /// What that process says it is doing (a Slurm driver names the job: `... slurm job N`).
+    pub running_what: Option<String>,
 }
 
 /// Whether a stage's last result is current.
@@ -318,6 +320,7 @@ pub fn status(resolved: &Resolved, cache: &Cache<'_>) -> Result<StatusReport, St
                     finished_at: m.finished_at,
                     metrics: m.metrics,
                 }),
+                running_what: holder.as_ref().map(|h| h.what.clone()),
                 running_pid: holder.map(|h| h.pid),
             }
         })

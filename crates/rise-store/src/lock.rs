@@ -225,6 +225,12 @@ impl KeyLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Rewrites what the holder says it is doing, the lock held throughout (a Slurm driver adds
+    /// its job's id once `sbatch` has answered, for `rise status`).
+    pub fn set_what(&self, what: &str) -> Result<()> {
+        write_holder(&self.file, &self.path, &LockHolder::me(what))
+    }
 }
 
 impl Drop for KeyLock {

@@ -124,6 +124,11 @@ pub(super) fn status(p: &PipelineArgs, global: &Global) -> Result<ExitCode> {
         })
         .collect();
     table(&["STAGE", "STATE", "LAST FINISHED", "OUTPUT"], &rows)?;
+    for s in &report.stages {
+        if let (Some(pid), Some(what)) = (s.running_pid, &s.running_what) {
+            outln!("running {}: pid {pid}, {what}", s.stage)?;
+        }
+    }
     for h in &report.runs_in_progress {
         outln!("run in progress: pid {} ({})", h.pid, h.command)?;
     }

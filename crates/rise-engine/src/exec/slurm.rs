@@ -323,6 +323,10 @@ impl<'a, 'e> Slurm<'a, 'e> {
             .write(&spec, &self.opts.rise, &absolute(env.store.root()))
             .and_then(|()| self.sbatch(&stage.name, &files))
             .map_err(|e| fail(format!("cannot submit a Slurm job: {e}")))?;
+        // `rise status` shows the job of a running stage from its key's lock.
+        if let Err(e) = lock.set_what(&format!("{what}: slurm job {id}")) {
+            env.display.to_log(&format!("{}: {e}", stage.name));
+        }
         env.display.started(&stage.name, &stage.kind);
         env.display.to_log(&format!(
             "{}: slurm job {id} (log {})",
