@@ -4,12 +4,15 @@
 //! - `-DUSE_C10D_GLOO -DUSE_DISTRIBUTED`: the c10d headers hide the Gloo classes without them.
 //! - Gloo's own headers are not in the wheel; Debian's `libgloo-dev` puts them in
 //!   `/usr/include/gloo` (scripts/setup installs it). `GLOO_INCLUDE` overrides the place.
-//! - NCCL: `ProcessGroupNCCL.hpp` needs the CUDA runtime headers (with nvcc's `crt/`) and
-//!   CCCL's `nv/target`) and `nccl.h`. They are looked for in `RISE_CUDA_INCLUDE`
-//!   (`:`-separated), `CUDA_HOME/include`, the wheel's `nvidia/*/include` directories and
-//!   `/usr/local/cuda/include` (the torch wheel's own nvidia packages lack nvcc's `crt/` and
-//!   CCCL, which `nvidia-cuda-crt` and `nvidia-cuda-cccl` or a CUDA toolkit supply); when any is missing the NCCL backend is compiled out (a warning says so)
-//!   and asking for it is a runtime error naming the cause, so the crate builds everywhere.
+//! - NCCL: `ProcessGroupNCCL.hpp` needs the CUDA runtime headers, nvcc's `crt/`, CCCL's
+//!   `nv/target` and `nccl.h`. They are looked for in `RISE_CUDA_INCLUDE` (`:`-separated),
+//!   `CUDA_HOME/include`, the wheel's `nvidia/*/include` directories and
+//!   `/usr/local/cuda/include`. The torch wheel's own nvidia packages lack `crt/` and CCCL
+//!   (`nvidia-cuda-crt` and `nvidia-cuda-cccl` 13.0, or a CUDA toolkit, supply them). When any
+//!   is missing the NCCL backend is compiled out (a build warning says so) and asking for it is
+//!   a runtime error naming the cause, so the crate builds everywhere. Checked here: with those
+//!   two wheels' headers in `RISE_CUDA_INCLUDE` it compiles and links against
+//!   `libtorch_cuda.so`; it has not run on a GPU yet.
 use std::path::{Path, PathBuf};
 
 fn main() {
