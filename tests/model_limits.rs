@@ -189,9 +189,7 @@ fn the_model_stage_refuses_an_absurd_checkpoint_and_commits_nothing() {
             && !log.contains("panicked"),
         "{log}"
     );
-    let results = std::fs::read_dir(env.store().join("results"))
-        .map(|rd| rd.count())
-        .unwrap_or(0);
+    let results = std::fs::read_dir(env.store().join("results")).map_or(0, |rd| rd.count());
     assert_eq!(results, 0, "nothing is committed for the failed stage");
 }
 

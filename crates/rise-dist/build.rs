@@ -30,9 +30,8 @@ fn main() {
     // `<torch>/lib` → `<torch>/include`, as torch-sys lays out a wheel or a libtorch zip.
     let root = lib.parent().expect("libtorch lib dir has a parent");
     let include = root.join("include");
-    let gloo = std::env::var("GLOO_INCLUDE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/usr/include"));
+    let gloo =
+        std::env::var("GLOO_INCLUDE").map_or_else(|_| PathBuf::from("/usr/include"), PathBuf::from);
     if !gloo.join("gloo/context.h").is_file() {
         panic!(
             "rise-dist: the Gloo headers are missing ({} has no gloo/context.h); \

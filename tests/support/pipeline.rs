@@ -108,19 +108,17 @@ impl Env {
     /// Committed results in the store (one manifest per result).
     pub fn result_count(&self) -> usize {
         fn walk(p: &Path) -> usize {
-            std::fs::read_dir(p)
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| {
-                            if e.path().is_dir() {
-                                walk(&e.path())
-                            } else {
-                                1
-                            }
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
+            std::fs::read_dir(p).map_or(0, |rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            walk(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
         }
         walk(&self.store.join("results"))
     }

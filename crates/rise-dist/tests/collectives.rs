@@ -108,9 +108,8 @@ fn wrong_sizes_and_layouts_are_refused_before_c10d() {
 fn a_peer_that_never_joins_is_a_timeout_error_naming_the_rank() {
     let port = free_port().unwrap();
     let rdv = Rendezvous::new("127.0.0.1", port, 0, 2).unwrap();
-    let err = match ProcessGroup::init(&rdv, Backend::Gloo, Duration::from_secs(2)) {
-        Err(e) => e,
-        Ok(_) => panic!("a group of 2 formed with one rank"),
+    let Err(err) = ProcessGroup::init(&rdv, Backend::Gloo, Duration::from_secs(2)) else {
+        panic!("a group of 2 formed with one rank")
     };
     assert!(
         matches!(

@@ -431,8 +431,7 @@ pub fn export(store: &Store, req: &ExportRequest<'_>, to: &Path) -> Result<Expor
     }
     let parent = std::path::absolute(to)?
         .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     std::fs::create_dir_all(&parent).map_err(ExportError::io(format!(
         "cannot create {}",
         parent.display()

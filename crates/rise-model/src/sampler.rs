@@ -295,7 +295,7 @@ fn generate_inner(
     let cfg = model.config();
     let mut eos: Vec<u32> = cfg.eos_token_ids.clone();
     eos.extend(tokenizer.eos_token_id());
-    let pad = tokenizer.pad_token_id().or(cfg.pad_token_id).unwrap_or(0) as i64;
+    let pad = i64::from(tokenizer.pad_token_id().or(cfg.pad_token_id).unwrap_or(0));
     let stop_window = params
         .stop_strings
         .iter()
@@ -315,7 +315,7 @@ fn generate_inner(
     for (i, p) in prompts.iter().enumerate() {
         let off = plen - p.len();
         for (j, &t) in p.iter().enumerate() {
-            ids[i * plen + off + j] = t as i64;
+            ids[i * plen + off + j] = i64::from(t);
             mask[i * capacity + off + j] = 1;
         }
     }
@@ -422,7 +422,7 @@ fn generate_inner(
                     if rows[r].finish.is_some() {
                         pad
                     } else {
-                        t as i64
+                        i64::from(t)
                     }
                 })
             })

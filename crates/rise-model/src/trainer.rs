@@ -399,7 +399,7 @@ fn fingerprint(examples: &[TrainExample], config: &TrainConfig) -> String {
             h.update(&t.to_le_bytes());
         }
         for &m in &e.loss_mask {
-            h.update(&[m as u8]);
+            h.update(&[u8::from(m)]);
         }
         h.update(&e.weight.to_le_bytes());
     }

@@ -104,7 +104,7 @@ fn an_imported_gguf_gives_transformers_logits_for_that_gguf() {
             .encode_with(text, true)
             .unwrap()
             .iter()
-            .map(|&t| t as i64)
+            .map(|&t| i64::from(t))
             .collect();
         assert_eq!(mine, ids, "text {i}");
         let logits = tch::no_grad(|| {

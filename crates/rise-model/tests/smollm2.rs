@@ -59,7 +59,8 @@ fn logits_on_chat_prompts_match_transformers_within_1e4() {
         );
         let ids = tok.encode(&rendered);
         assert_eq!(ids, u32s(&refs["prompt_ids"][i]), "prompt {i}");
-        let x = Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).unsqueeze(0);
+        let x =
+            Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()).unsqueeze(0);
         let logits = tch::no_grad(|| model.forward(&x, None, None, None)).squeeze_dim(0);
         let want = &expected[&format!("logits.{i}")];
         let diff = (&logits - want).abs().max().double_value(&[]);

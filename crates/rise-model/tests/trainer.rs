@@ -67,7 +67,7 @@ fn grads(model: &Model) -> Vec<(String, Tensor)> {
 fn reference_loss(model: &Model, examples: &[TrainExample]) -> Tensor {
     let mut parts = Vec::new();
     for e in examples {
-        let ids: Vec<i64> = e.ids.iter().map(|&t| t as i64).collect();
+        let ids: Vec<i64> = e.ids.iter().map(|&t| i64::from(t)).collect();
         let x = Tensor::from_slice(&ids).unsqueeze(0);
         let logp = model
             .forward(&x, None, None, None)
@@ -81,7 +81,7 @@ fn reference_loss(model: &Model, examples: &[TrainExample]) -> Tensor {
             .map(|(i, &t)| -logp.get(i as i64 - 1).get(t))
             .collect();
         let mean_nll = Tensor::stack(&terms, 0).mean(Kind::Float);
-        parts.push(mean_nll * e.weight as f64);
+        parts.push(mean_nll * f64::from(e.weight));
     }
     let total = Tensor::stack(&parts, 0).sum(Kind::Float);
     total / examples.len() as f64

@@ -834,7 +834,7 @@ pub fn draw_chart(models: &[ModelResult], path: &Path) -> Result<(), ReportError
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d(0.7f64..(turns as f64 + 0.3), 0f64..ymax)
+        .build_cartesian_2d(0.7f64..(f64::from(turns) + 0.3), 0f64..ymax)
         .map_err(|e| chart_err(&e))?;
     chart
         .configure_mesh()

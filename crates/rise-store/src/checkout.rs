@@ -72,8 +72,8 @@ impl Stamp {
     fn of(meta: &fs::Metadata) -> Stamp {
         Stamp {
             size: meta.len(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
             dev: meta.dev(),
             ino: meta.ino(),
             mode: meta.mode(),
@@ -301,10 +301,7 @@ fn inspect(dir: &Path, tree: &Tree, seal: Option<&Stamps>, hashing: Hashing) -> 
             };
             let name = entry.file_name().to_string_lossy().into_owned();
             if !children.contains(&name) {
-                let what = entry
-                    .file_type()
-                    .map(|ft| kind_of(&ft))
-                    .unwrap_or("an entry");
+                let what = entry.file_type().map_or("an entry", |ft| kind_of(&ft));
                 let child = if rel.is_empty() {
                     name
                 } else {
@@ -786,9 +783,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        fs::metadata("/proc/self")
-            .map(|m| m.uid() == 0)
-            .unwrap_or(false)
+        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
     }
 
     /// Makes directory `p` writable for the duration of `f` (a no-op for root, who needs no

@@ -418,7 +418,7 @@ impl Store {
         let file = lock::acquire(path, Mode::Exclusive, true, &mut |h| {
             tracing::debug!(
                 "waiting for the index, held by {}",
-                h.map(|h| h.to_string()).unwrap_or_else(|| "?".into())
+                h.map_or_else(|| "?".into(), |h| h.to_string())
             );
         })?
         .ok_or_else(|| {

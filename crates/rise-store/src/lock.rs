@@ -53,8 +53,7 @@ impl LockHolder {
             what: what.to_string(),
             since_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+                .map_or(0, |d| d.as_secs()),
         }
     }
 

@@ -819,8 +819,7 @@ mod tests {
             found
                 .iter()
                 .find(|(n, _)| n == name)
-                .map(|(_, p)| *p)
-                .unwrap_or_else(|| panic!("{name} not reported: {found:#?}"))
+                .map_or_else(|| panic!("{name} not reported: {found:#?}"), |(_, p)| *p)
         };
         assert!(problem(&r.to_hex()).starts_with("has 4 bytes; markers are empty"));
         assert!(problem("notes.txt").starts_with("not named by a result id"));

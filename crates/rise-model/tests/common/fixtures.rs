@@ -32,8 +32,7 @@ pub fn python() -> PathBuf {
         && Command::new(&py)
             .args(["-c", "import transformers, safetensors, tokenizers"])
             .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+            .is_ok_and(|s| s.success());
     assert!(
         ok,
         "{} lacks transformers/safetensors/tokenizers: run `just setup-test` (scripts/setup --test)",
@@ -73,8 +72,7 @@ pub fn python_gguf() -> PathBuf {
     let ok = Command::new(&py)
         .args(["-c", "import gguf, accelerate"])
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .is_ok_and(|s| s.success());
     assert!(
         ok,
         "{} lacks gguf/accelerate (transformers needs both to load a GGUF): run `just setup-test`",
