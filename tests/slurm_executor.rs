@@ -146,6 +146,26 @@ fn the_pipeline_file_chooses_slurm_and_a_stage_gets_the_gpus_it_asks_for() {
         "{}",
         stderr(&out)
     );
+
+    // Resources Slurm refuses fail the stage at submission, the reason in the reported log.
+    env.write(
+        "huge.toml",
+        "[pipeline]\nname = \"huge\"\n[stage.s]\nkind = \"shell\"\noutputs = []\ncmd = 'true'\n\
+         [stage.s.resources]\npartition = \"no-such-partition\"\n",
+    );
+    let out = run(&env, &store, "huge.toml", &["--executor", "slurm"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot submit a Slurm job: sbatch"), "{err}");
+    let log = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("log: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains("not submitted: cannot submit a Slurm job"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -280,6 +280,12 @@ impl<'a, 'e> Slurm<'a, 'e> {
         let job_log = stage_log_path(env.store, env.run_id, &stage.name);
         let fail = |error: String| {
             env.display.finished(&stage.name, "FAILED", &error);
+            // No job ran, so nothing else writes the stage's log: the reported path holds
+            // at least the reason.
+            if let Some(dir) = job_log.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(&job_log, format!("# not submitted: {error}\n"));
             StageState::Failed {
                 error,
                 log: job_log.clone(),
