@@ -17,7 +17,11 @@ pub enum Execution {
     InProcess,
     /// In a `rise-worker stage SPEC` child process (torch stages). `gpu: true` stages are run
     /// one at a time, because two of them on one device would fight over its memory.
-    Worker { gpu: bool },
+    Worker {
+        /// The stage runs on a GPU: the executor limits how many such stages run at once
+        /// (`Executor::gpu_stages_at_once`: one per GPU locally).
+        gpu: bool,
+    },
     /// `bash -c CMD` (the built-in `shell` kind).
     Shell,
 }

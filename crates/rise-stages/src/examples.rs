@@ -36,6 +36,7 @@ pub enum Criterion {
 }
 
 impl Criterion {
+    /// The names `train`'s `criterion` param accepts, in declaration order.
     pub const NAMES: [&'static str; 4] = ["all", "better", "best", "success"];
 }
 
@@ -73,6 +74,7 @@ pub const DEFAULT_TAU: f64 = 0.4;
 /// How to turn trajectories into examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExampleOptions {
+    /// Which turns become examples.
     pub criterion: Criterion,
     /// Weight temperature: w = exp(r / tau). Must be > 0.
     pub tau: f64,
@@ -80,6 +82,7 @@ pub struct ExampleOptions {
     pub dedup: bool,
     /// Shuffle the examples with `seed` (deterministic).
     pub shuffle: bool,
+    /// The shuffle's seed.
     pub seed: u64,
     /// The context window the rollouts were built with (their `rollouts.json`): every stored
     /// conversation must be what [`Trajectory::state_before`] gives with it.
@@ -102,7 +105,9 @@ impl Default for ExampleOptions {
 /// One weighted training example; only `response` carries loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingExample {
+    /// The problem's id.
     pub prompt_id: String,
+    /// The turn the response answers, 1-based.
     pub turn: u32,
     /// The conversation prefix (system, user, and earlier turns within the window).
     pub messages: Vec<Message>,
@@ -110,7 +115,9 @@ pub struct TrainingExample {
     pub response: String,
     /// Who wrote it: the learner on-policy, best-of-N from the learner, or a teacher.
     pub source: Source,
+    /// The response's reward from the grader.
     pub reward: f64,
+    /// The loss weight, `exp(reward / tau)`.
     pub weight: f64,
 }
 
@@ -118,17 +125,28 @@ pub struct TrainingExample {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ExampleError {
     #[error("trajectory {prompt_id:?} turn {turn} has no reward: run the grade stage first")]
-    Ungraded { prompt_id: String, turn: u32 },
+    /// A turn has no reward: the rollouts were not graded.
+    Ungraded {
+        /// The problem's id.
+        prompt_id: String,
+        /// The ungraded turn, 1-based.
+        turn: u32,
+    },
     #[error("tau must be a positive finite number, got {0}")]
+    /// `tau` is zero, negative or not finite.
     BadTau(f64),
     #[error(
         "trajectory {prompt_id:?} turn {turn}: the stored conversation is not the state that \
          window {window} builds (system, question, the last window-1 attempts each with its \
          feedback); the rollouts were made under another rule: re-run sample and relabel"
     )]
+    /// A stored conversation is not the state the rollouts' window builds.
     StateMismatch {
+        /// The problem's id.
         prompt_id: String,
+        /// The turn whose state differs, 1-based.
         turn: u32,
+        /// The context window the state was checked against.
         window: usize,
     },
 }

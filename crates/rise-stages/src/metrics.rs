@@ -32,12 +32,14 @@ pub const Z95: f64 = 1.959_963_984_540_054;
 pub struct GradedAnswer {
     /// The extracted final answer; `None` when none could be parsed (it never wins a vote).
     pub answer: Option<String>,
+    /// Whether the grader judged the response right.
     pub correct: bool,
 }
 
 /// The graded samples of one test problem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProblemEval {
+    /// The problem's id (from the dataset).
     pub prompt_id: String,
     /// k parallel first-turn samples; `parallel[0]` is also the sequential chain's turn 1.
     pub parallel: Vec<GradedAnswer>,
@@ -48,15 +50,20 @@ pub struct ProblemEval {
 /// A proportion with its 95% Wilson interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Proportion {
+    /// Problems (or pairs) counted as successes.
     pub successes: u64,
+    /// Problems (or pairs) counted in all.
     pub n: u64,
     /// successes / n (0 when n = 0).
     pub value: f64,
+    /// Lower end of the 95% Wilson interval, in [0, 1].
     pub lo: f64,
+    /// Upper end of the 95% Wilson interval, in [0, 1].
     pub hi: f64,
 }
 
 impl Proportion {
+    /// `successes` out of `n`, with its 95% Wilson interval.
     pub fn new(successes: u64, n: u64) -> Self {
         let (lo, hi) = wilson(successes, n, Z95);
         let value = if n == 0 {
@@ -157,14 +164,18 @@ pub fn majority(
 pub struct Headline {
     /// `m1@t1`, `m5@t1`, `m1@t5` or `p1@t5` (with the actual k and n).
     pub key: String,
+    /// One sentence for the report: what the metric measures.
     pub description: String,
+    /// The metric over all problems.
     pub value: Proportion,
 }
 
 /// Flips between turn `from` and turn `from + 1`, as fractions of all problems.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flip {
+    /// The earlier turn, 1-based.
     pub from: u32,
+    /// The later turn (`from + 1`).
     pub to: u32,
     /// Correct at `from`, wrong at `to`.
     pub correct_to_wrong: Proportion,
@@ -177,9 +188,13 @@ pub struct Flip {
 /// samples (independent draws of turn 1). Pooled over all consecutive pairs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transitions {
+    /// Right at the next sequential turn, of the pairs whose earlier turn was right.
     pub sequential_after_right: Proportion,
+    /// Right at the next sequential turn, of the pairs whose earlier turn was wrong.
     pub sequential_after_wrong: Proportion,
+    /// Right at the next parallel sample, of the pairs whose earlier sample was right.
     pub parallel_after_right: Proportion,
+    /// Right at the next parallel sample, of the pairs whose earlier sample was wrong.
     pub parallel_after_wrong: Proportion,
 }
 
@@ -213,9 +228,13 @@ impl Transitions {
 /// and keeps right ones; one that does not changes both alike.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Changes {
+    /// Answer changed at the next sequential turn, of the pairs whose earlier turn was right.
     pub sequential_after_right: Proportion,
+    /// Answer changed at the next sequential turn, of the pairs whose earlier turn was wrong.
     pub sequential_after_wrong: Proportion,
+    /// Answer changed at the next parallel sample, of the pairs whose earlier sample was right.
     pub parallel_after_right: Proportion,
+    /// Answer changed at the next parallel sample, of the pairs whose earlier sample was wrong.
     pub parallel_after_wrong: Proportion,
 }
 
@@ -252,6 +271,7 @@ impl Changes {
 /// problem, so that a 1000-problem evaluation stays a few kilobytes of JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcomes {
+    /// The problems' ids, in the order of every list below.
     pub prompt_ids: Vec<String>,
     /// Parallel sample 1 (= sequential turn 1) correct.
     #[serde(with = "bits")]
@@ -344,6 +364,7 @@ pub fn pass_key(k: u32) -> String {
 /// Everything `evaluate` reports for one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
+    /// Test problems evaluated.
     pub problems: u64,
     /// k: parallel first-turn samples.
     pub parallel: u32,
@@ -353,12 +374,16 @@ pub struct EvalMetrics {
     pub headline: Vec<Headline>,
     /// Accuracy at turn 1..=n of the sequential chain.
     pub per_turn: Vec<Proportion>,
+    /// Flips between each pair of consecutive sequential turns (n - 1 entries).
     pub flips: Vec<Flip>,
+    /// Whether a right answer follows a right or a wrong one, sequential vs parallel.
     pub transitions: Transitions,
     /// In order: the tie rate of the vote over turns, `m1@t{n}` with earliest-wins ties,
     /// parallel pass@k (beside `p1@t{n}`, the same oracle over parallel samples).
     pub supplementary: Vec<Headline>,
+    /// How often the answer changes after a right and after a wrong one.
     pub changes: Changes,
+    /// Each problem's outcomes, for paired tests (McNemar) between models and metrics.
     pub outcomes: Outcomes,
 }
 
@@ -371,15 +396,19 @@ impl EvalMetrics {
             .find(|h| h.key == key)
             .map(|h| &h.value)
     }
+    /// m1@t1: the first sample correct.
     pub fn m1_t1(&self) -> &Proportion {
         &self.headline[0].value
     }
+    /// m{k}@t1: the majority of the k parallel first-turn samples correct.
     pub fn mk_t1(&self) -> &Proportion {
         &self.headline[1].value
     }
+    /// m1@t{n}: the majority over the n sequential turns correct (ties to the most recent).
     pub fn m1_tn(&self) -> &Proportion {
         &self.headline[2].value
     }
+    /// p1@t{n}: some turn among the n correct (the oracle that stops at the first right answer).
     pub fn p1_tn(&self) -> &Proportion {
         &self.headline[3].value
     }
@@ -389,16 +418,23 @@ impl EvalMetrics {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricsError {
     #[error("no problems to evaluate")]
+    /// The evaluation had no problem.
     Empty,
     #[error(
         "problem {prompt_id:?} has {parallel} parallel samples and {turns} turns; \
          expected {want_parallel} and {want_turns} (every problem must have the same budget)"
     )]
+    /// A problem's sample budget differs from the first problem's, or is empty.
     Shape {
+        /// The offending problem.
         prompt_id: String,
+        /// Its parallel samples.
         parallel: usize,
+        /// Its sequential turns.
         turns: usize,
+        /// The parallel samples every problem must have (the first problem's, at least 1).
         want_parallel: usize,
+        /// The sequential turns every problem must have (the first problem's, at least 1).
         want_turns: usize,
     },
 }
@@ -591,6 +627,7 @@ pub enum McNemarMethod {
 }
 
 impl McNemarMethod {
+    /// The method's name as the report prints it.
     pub fn describe(self) -> &'static str {
         match self {
             McNemarMethod::ExactBinomial => "exact binomial",
@@ -608,6 +645,7 @@ pub struct McNemar {
     pub first_only: u64,
     /// Problems where only the second outcome is a success.
     pub second_only: u64,
+    /// Which test gave `p`.
     pub method: McNemarMethod,
     /// Two-sided p-value.
     pub p: f64,
@@ -628,7 +666,9 @@ impl McNemar {
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("paired outcomes of different lengths: {first} and {second}")]
 pub struct UnpairedError {
+    /// Length of the first outcome list.
     pub first: usize,
+    /// Length of the second outcome list.
     pub second: usize,
 }
 

@@ -16,15 +16,21 @@ use rise_engine::{ParamError, StageContext, StageError};
 pub enum Ty {
     /// An integer in `min..=max`.
     Int {
+        /// The smallest accepted value.
         min: i64,
+        /// The largest accepted value.
         max: i64,
     },
     /// A finite float in `[min, max]`, or `(min, max]` when `open_min`.
     Float {
+        /// The lower bound (accepted unless `open_min`).
         min: f64,
+        /// The largest accepted value.
         max: f64,
+        /// Whether `min` itself is refused (a strictly positive learning rate, say).
         open_min: bool,
     },
+    /// `true` or `false`.
     Bool,
     /// Any non-empty string.
     Str,
@@ -46,14 +52,18 @@ pub enum Ty {
 /// One param of a stage kind.
 #[derive(Debug, Clone, Copy)]
 pub struct Field {
+    /// The key in the stage's `params` table (and the struct field's name).
     pub name: &'static str,
+    /// What values the key accepts.
     pub ty: Ty,
     /// JSON text of the default; `None` makes the field required, `Some("null")` optional.
     pub default: Option<&'static str>,
+    /// One line for `--help` and `rise plan`: what the param does, with its unit.
     pub doc: &'static str,
 }
 
 impl Field {
+    /// A param with a default (`default` is its JSON text).
     pub const fn new(name: &'static str, ty: Ty, default: &'static str, doc: &'static str) -> Self {
         Field {
             name,
@@ -62,6 +72,7 @@ impl Field {
             doc,
         }
     }
+    /// A param the pipeline must set (no default).
     pub const fn required(name: &'static str, ty: Ty, doc: &'static str) -> Self {
         Field {
             name,
@@ -70,6 +81,7 @@ impl Field {
             doc,
         }
     }
+    /// A param that resolves to `null` when the pipeline leaves it out.
     pub const fn optional(name: &'static str, ty: Ty, doc: &'static str) -> Self {
         Field {
             name,
@@ -80,9 +92,11 @@ impl Field {
     }
 }
 
+/// [`Ty::Int`] in `min..=max`.
 pub const fn int(min: i64, max: i64) -> Ty {
     Ty::Int { min, max }
 }
+/// [`Ty::Float`] in `[min, max]`.
 pub const fn float(min: f64, max: f64) -> Ty {
     Ty::Float {
         min,
@@ -90,6 +104,7 @@ pub const fn float(min: f64, max: f64) -> Ty {
         open_min: false,
     }
 }
+/// [`Ty::Float`] in `(0, max]`: strictly positive.
 pub const fn pos_float(max: f64) -> Ty {
     Ty::Float {
         min: 0.0,
@@ -298,7 +313,9 @@ macro_rules! stage_params {
     (@munch $metas:tt $name:ident [$($fields:tt)*] [$($parts:tt)*]
         $(#[$fm:meta])* .. $field:ident : $ty:ty $({ $($k:ident = $d:tt),* $(,)? })? ; $($rest:tt)*) => {
         $crate::stage_params!(@munch $metas $name
-            [$($fields)* $(#[$fm])* #[serde(flatten)] pub $field: $ty,]
+            [$($fields)* $(#[$fm])*
+                #[doc = concat!("The shared `", stringify!($ty), "` params, flattened: their keys sit in this stage's own table.")]
+                #[serde(flatten)] pub $field: $ty,]
             [$($parts)* &$crate::params::with_defaults::<{ <$ty>::FIELDS.len() }>(
                 <$ty>::FIELDS, &[$($((stringify!($k), stringify!($d))),*)?]),]
             $($rest)*);

@@ -30,10 +30,12 @@ pub const TEACHER_MARGIN_POINTS: f64 = 10.0;
 /// One evaluated model, under the name it has in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelResult {
+    /// The name the report's tables use: the input name the evaluate output is wired under.
     pub name: String,
     /// The evaluate stage that produced the numbers (for the reader to find them).
     #[serde(default)]
     pub source: String,
+    /// Everything `evaluate` measured for it.
     pub metrics: EvalMetrics,
 }
 
@@ -72,8 +74,11 @@ impl ArmKind {
 /// The iterates of one RISE arm, in iteration order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Arm {
+    /// The arm's label (`self`, `distill`).
     pub name: String,
+    /// Where its relabelled turns came from.
     pub kind: ArmKind,
+    /// Its models' names (as in [`Report::models`]), iteration 1 first.
     pub models: Vec<String>,
 }
 
@@ -85,9 +90,12 @@ pub struct PairedTest {
     pub first: String,
     /// e.g. `iter1 m1@t1`.
     pub second: String,
+    /// The first outcome's rate over the problems, in [0, 1].
     pub first_value: f64,
+    /// The second outcome's rate over the problems, in [0, 1].
     pub second_value: f64,
     #[serde(flatten)]
+    /// The test's counts and p-value.
     pub test: McNemar,
 }
 
@@ -114,29 +122,38 @@ pub struct Effect {
     /// The arm it belongs to ("" for claims about the base or teacher alone).
     #[serde(default)]
     pub arm: String,
+    /// The claim, in words.
     pub claim: String,
     /// The test supports the claim at 5% (for "not below" claims: the test does not reject it).
     pub holds: bool,
     /// The point estimates lean the claimed way, significant or not.
     #[serde(default)]
     pub direction: bool,
+    /// The numbers behind the verdict: the paired test and its p-value, in words.
     pub detail: String,
 }
 
 /// The teacher rule, checked on the teacher's and the base's own scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TeacherRule {
+    /// The teacher's model name.
     pub teacher: String,
+    /// The base model's name.
     pub base: String,
+    /// The teacher's m1@t1, in [0, 1].
     pub teacher_m1_t1: f64,
+    /// The base's m1@t1, in [0, 1].
     pub base_m1_t1: f64,
+    /// How far the teacher must be above the base, in percentage points ([`TEACHER_MARGIN_POINTS`]).
     pub required_points: f64,
+    /// The teacher clears the margin.
     pub met: bool,
 }
 
 /// The whole report, as written to `report.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The report's heading (the `title` param).
     pub title: String,
     /// The base model's name (the model before any RISE iteration), if one was given.
     pub baseline: Option<String>,
@@ -144,13 +161,17 @@ pub struct Report {
     #[serde(default)]
     pub teacher: Option<String>,
     #[serde(default)]
+    /// The RISE arms found among the models (self-distillation, distillation).
     pub arms: Vec<Arm>,
+    /// Every evaluated model, in input order.
     pub models: Vec<ModelResult>,
     /// Every paired test the report ran, claims or not.
     #[serde(default)]
     pub tests: Vec<PairedTest>,
+    /// The paper's claims, each checked with a paired test.
     pub effects: Vec<Effect>,
     #[serde(default)]
+    /// The teacher rule, when both a teacher and a base were evaluated.
     pub teacher_rule: Option<TeacherRule>,
 }
 
@@ -158,31 +179,46 @@ pub struct Report {
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("{path}: {source}")]
+    /// Reading or writing a file failed.
     Io {
+        /// The file.
         path: std::path::PathBuf,
         #[source]
+        /// The underlying error.
         source: std::io::Error,
     },
     #[error("drawing {path}: {message}")]
+    /// A chart could not be drawn.
     Chart {
+        /// The chart's file.
         path: std::path::PathBuf,
+        /// What the plotting library said.
         message: String,
     },
     #[error("nothing to report: no evaluated models")]
+    /// No evaluate output was wired in.
     Empty,
     #[error("{what} `{name}` is not one of the evaluated models ({known})")]
+    /// A param names a model that no input provides.
     Unknown {
+        /// Which param named it: `baseline`, `teacher` or `arm model`.
         what: &'static str,
+        /// The unknown name.
         name: String,
+        /// The evaluated models' names, comma-separated.
         known: String,
     },
     #[error(
         "models `{first}` and `{second}` cannot be paired: {detail} (evaluate both on the same \
          test set with the same `limit`)"
     )]
+    /// Two models' outcomes cannot be paired (different problems or counts).
     Unpaired {
+        /// The first model's name.
         first: String,
+        /// The second model's name.
         second: String,
+        /// What differs.
         detail: String,
     },
 }

@@ -18,6 +18,7 @@ use rise_data::grade::TaskKind;
 pub struct RolloutsMeta {
     /// Which grading rules apply (from the prompts' dataset).
     pub task: TaskKind,
+    /// Trajectories in the artifact's shard files, all shards together.
     pub trajectories: usize,
     /// Whether every attempt carries a verdict and reward.
     pub graded: bool,
@@ -33,8 +34,11 @@ pub const META_FILE: &str = "rollouts.json";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
+    /// The learner's own on-policy sample (the `sample` stage).
     Policy,
+    /// Best-of-N from the learner at a wrong state (relabel, self-distillation).
     SelfDistill,
+    /// A teacher model's answer at a wrong state (relabel, distillation).
     Teacher,
 }
 
@@ -48,7 +52,9 @@ pub struct Attempt {
     pub turn: u32,
     /// The conversation the model was given (after the context window was applied).
     pub messages: Vec<Message>,
+    /// The model's reply, as generated.
     pub response: String,
+    /// Who wrote the reply.
     pub source: Source,
     /// How many candidates were drawn for this turn (1 on-policy, N for best-of-N).
     #[serde(default = "one")]
@@ -57,8 +63,10 @@ pub struct Attempt {
     #[serde(default)]
     pub answer: Option<String>,
     #[serde(default)]
+    /// The grader's verdict; `None` until graded.
     pub verdict: Option<Verdict>,
     #[serde(default)]
+    /// The reward the verdict maps to (the `grade` stage's rewards); `None` until graded.
     pub reward: Option<f64>,
 }
 
@@ -78,6 +86,7 @@ impl Attempt {
 pub struct Trajectory {
     /// The problem's id in its dataset.
     pub prompt_id: String,
+    /// The problem's text.
     pub question: String,
     /// The gold answer (already extracted from the reference solution).
     pub gold: String,
@@ -135,20 +144,31 @@ impl Trajectory {
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
     #[error("{path}: {source}")]
+    /// Reading or writing a file failed.
     Io {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: std::io::Error,
     },
     #[error("{path}:{line}: not a trajectory: {source}")]
+    /// A line of a shard file is not a trajectory.
     Parse {
+        /// The shard file.
         path: PathBuf,
+        /// The line number, 1-based.
         line: usize,
         #[source]
+        /// What serde_json said.
         source: serde_json::Error,
     },
     #[error("{path}: no rollout shards (shard-*.jsonl) found")]
-    NoShards { path: PathBuf },
+    /// The artifact directory holds no shard file.
+    NoShards {
+        /// The artifact directory.
+        path: PathBuf,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RolloutError + '_ {

@@ -39,16 +39,23 @@ pub struct RelabelOptions {
     pub window: usize,
     /// Who answers: [`Source::SelfDistill`] (the learner) or [`Source::Teacher`].
     pub source: Source,
+    /// The grading rules of the problems (the dataset's task).
     pub task: TaskKind,
+    /// Rewards the candidates are graded with (the best is kept).
     pub rewards: Rewards,
 }
 
 /// A wrong state to answer: trajectory `index` of the batch, at `turn` (1-based).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WrongState {
+    /// The trajectory's position in the batch.
     pub index: usize,
+    /// The problem's id.
     pub prompt_id: String,
+    /// The turn to answer, 1-based.
     pub turn: u32,
+    /// The state to answer from ([`crate::rollout::Trajectory::next_state`]): question, earlier
+    /// attempts and their feedback, cut to the context window, in the learner's format.
     pub messages: Vec<Message>,
 }
 

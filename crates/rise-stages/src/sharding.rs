@@ -34,7 +34,9 @@ use crate::stage_params;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shard {
+    /// This shard's position, from 0.
     pub index: usize,
+    /// How many shards the stage is split into (`shards = N`).
     pub count: usize,
 }
 
@@ -107,6 +109,7 @@ stage_params! {
     pub struct MergeParams {}
 }
 
+/// The `sample/merge` kind the engine adds after a sharded `sample` stage.
 pub static SAMPLE_MERGE: KindSchema = merge_schema(
     "sample/merge",
     &["rollouts.json"],
@@ -115,12 +118,14 @@ pub static SAMPLE_MERGE: KindSchema = merge_schema(
      to the unsharded stage's output.",
 );
 
+/// The `relabel/merge` kind the engine adds after a sharded `relabel` stage.
 pub static RELABEL_MERGE: KindSchema = merge_schema(
     "relabel/merge",
     &["rollouts.json"],
     "Merges the shards of a `relabel` stage with `shards = N`, as `sample/merge` does.",
 );
 
+/// The `evaluate/merge` kind the engine adds after a sharded `evaluate` stage.
 pub static EVALUATE_MERGE: KindSchema = merge_schema(
     "evaluate/merge",
     &["metrics.json", "samples.jsonl"],

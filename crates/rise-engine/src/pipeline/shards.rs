@@ -41,11 +41,22 @@ pub enum ShardRole {
     Whole,
     /// Written with `shards = count` (count > 1), not yet expanded. Only inside the parser:
     /// a loaded [`super::Pipeline`] holds its shards and merge step instead.
-    Sharded { count: u32 },
+    Sharded {
+        /// The number of shards asked for.
+        count: u32,
+    },
     /// Shard `index` (from 0) of `count`.
-    Shard { index: u32, count: u32 },
+    Shard {
+        /// This shard's position, from 0.
+        index: u32,
+        /// How many shards the stage was split into.
+        count: u32,
+    },
     /// The step that merges `count` shards, under the stage's own name.
-    Merge { count: u32 },
+    Merge {
+        /// How many shards it merges (its inputs `shard_0001`, ...).
+        count: u32,
+    },
 }
 
 /// The name of shard `index` (from 0) of `count` of stage `name`.

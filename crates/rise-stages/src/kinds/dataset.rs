@@ -25,10 +25,13 @@ pub struct DatasetMeta {
     pub source: String,
     /// `train` or `test` for synthetic data; the file name otherwise.
     pub split: String,
+    /// Problems in `problems.jsonl`.
     pub count: usize,
 }
 
+/// The problems, one JSON object a line, in the dataset's order.
 pub const PROBLEMS_FILE: &str = "problems.jsonl";
+/// The [`DatasetMeta`] of the artifact.
 pub const META_FILE: &str = "dataset.json";
 
 fn check_synthetic(v: &Value) -> Result<Value, String> {
@@ -73,6 +76,7 @@ stage_params! {
     }
 }
 
+/// The `dataset` kind.
 pub static SCHEMA: KindSchema = KindSchema {
     kind: "dataset",
     version: 1,

@@ -29,6 +29,7 @@ impl From<&GradeParams> for GradeOptions {
     }
 }
 
+/// The `grade` kind.
 pub static SCHEMA: KindSchema = KindSchema {
     kind: "grade",
     version: 1,

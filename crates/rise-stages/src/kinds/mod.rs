@@ -29,11 +29,15 @@ pub type RunFn = fn(&StageContext) -> Result<(), StageError>;
 /// Everything the engine needs to know about a kind, without its implementation.
 #[derive(Debug)]
 pub struct KindSchema {
+    /// The name pipelines write as `kind = "..."`; enters every cache key.
     pub kind: &'static str,
     /// Enters every cache key: bump it when the kind's outputs change for the same inputs.
     pub version: u32,
+    /// Where the kind runs: in the `rise` process, or in `rise-worker` (on a GPU or not).
     pub execution: Execution,
+    /// Input names a stage of this kind must wire (`inputs.<name>`).
     pub required_inputs: &'static [&'static str],
+    /// Input names it may wire; any other name is refused unless `any_inputs`.
     pub optional_inputs: &'static [&'static str],
     /// Any input names are accepted (and none required): the report's models.
     pub any_inputs: bool,
@@ -148,6 +152,7 @@ impl KindStage {
         }
     }
 
+    /// The kind's schema (name, version, inputs, params).
     pub fn schema(&self) -> &'static KindSchema {
         self.schema
     }
@@ -389,6 +394,7 @@ stage_params! {
     pub struct ExportParams {}
 }
 
+/// The `tokenizer` kind (worker).
 pub static TOKENIZER: KindSchema = KindSchema {
     kind: "tokenizer",
     version: 1,
@@ -406,6 +412,7 @@ pub static TOKENIZER: KindSchema = KindSchema {
     omit_when_absent: &[],
 };
 
+/// The `model` kind (worker).
 pub static MODEL: KindSchema = KindSchema {
     kind: "model",
     version: 1,
@@ -442,6 +449,7 @@ pub static MODEL: KindSchema = KindSchema {
     omit_when_absent: &["gguf", "chat_template"],
 };
 
+/// The `sft` kind (worker, GPU).
 pub static SFT: KindSchema = KindSchema {
     kind: "sft",
     version: 1,
@@ -468,6 +476,7 @@ pub static SFT: KindSchema = KindSchema {
     omit_when_absent: &["devices", "zero"],
 };
 
+/// The `sample` kind (worker, GPU).
 pub static SAMPLE: KindSchema = KindSchema {
     kind: "sample",
     // 2: the release's context window (the original question stays in front).
@@ -487,6 +496,7 @@ pub static SAMPLE: KindSchema = KindSchema {
     omit_when_absent: &["shard"],
 };
 
+/// The `relabel` kind (worker, GPU).
 pub static RELABEL: KindSchema = KindSchema {
     kind: "relabel",
     // 2: the release's context window; `n` defaults to 1 from a teacher (the release's
@@ -509,6 +519,7 @@ pub static RELABEL: KindSchema = KindSchema {
     omit_when_absent: &["shard"],
 };
 
+/// The `train` kind (worker, GPU).
 pub static TRAIN: KindSchema = KindSchema {
     kind: "train",
     // 2: stored conversations are checked against the window rule; examples.json has
@@ -534,6 +545,7 @@ pub static TRAIN: KindSchema = KindSchema {
     omit_when_absent: &["devices", "zero"],
 };
 
+/// The `evaluate` kind (worker, GPU).
 pub static EVALUATE: KindSchema = KindSchema {
     kind: "evaluate",
     // 2: metrics.json has `transitions` (right after right / wrong, sequential vs parallel).
@@ -558,6 +570,7 @@ pub static EVALUATE: KindSchema = KindSchema {
     omit_when_absent: &["shard"],
 };
 
+/// The `export` kind (worker).
 pub static EXPORT: KindSchema = KindSchema {
     kind: "export",
     version: 1,

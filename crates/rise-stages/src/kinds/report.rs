@@ -31,6 +31,7 @@ stage_params! {
     }
 }
 
+/// The `report` kind.
 pub static SCHEMA: KindSchema = KindSchema {
     kind: "report",
     // 2: the "After the feedback" table.
