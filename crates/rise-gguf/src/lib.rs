@@ -14,7 +14,6 @@
 //!
 //! [`import`] writes into a staging directory next to the destination and renames it into
 //! place at the end, so a failed import leaves nothing behind.
-#![warn(missing_docs)]
 
 mod error;
 mod hf_config;

@@ -57,7 +57,6 @@
 //!    changed. A damaged checkout is discarded and rebuilt from the blobs, so a stage never
 //!    reads an input that differs from the artifact id it records. `verify` re-hashes every
 //!    checkout regardless of seals and names each damaged one and the results that use it.
-#![warn(missing_docs)]
 
 mod artifact;
 mod blob;
