@@ -17,12 +17,12 @@ pub mod score;
 pub mod tokenizer;
 pub mod trainer;
 
-/// The collectives data-parallel training runs on (re-exported so that `rise-worker` forms
-/// groups with the same build).
-pub use rise_dist as dist;
 pub use checkpoint::{init_random, init_random_within, load, load_within, save, CheckpointError};
 pub use config::{ConfigError, LlamaConfig, MemoryBudget, RopeScaling};
 pub use llama::{KvCache, Llama, Model};
+/// The collectives data-parallel training runs on (re-exported so that `rise-worker` forms
+/// groups with the same build).
+pub use rise_dist as dist;
 
 /// The tch device named `cpu`, `cuda` (device 0) or `cuda:N`; `None` for any other name.
 /// Whether that device exists is the caller's check.
