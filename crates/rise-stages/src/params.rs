@@ -1,11 +1,11 @@
 //! Stage params: one typed definition per param, with its range, default and doc.
 //!
-//! Each kind declares its params once with [`stage_params!`]: a struct (`TrainParams`, ...)
-//! that the stage reads with [`TypedParams::params`], and, generated from the same lines, the
-//! list of [`Field`]s (`TrainParams::FIELDS`) against which [`resolve`] checks a pipeline's
-//! `params` table (unknown names, wrong types, out-of-range values) and fills in every default,
-//! so that the cache key sees the full configuration and `rise plan` can show it. [`document`]
-//! writes the help text from the same list, defaults included.
+//! Each kind declares its params once with [`stage_params!`](crate::stage_params): a struct
+//! (`TrainParams`, ...) that the stage reads with [`TypedParams::params`], and, generated from
+//! the same lines, the list of [`Field`]s (`TrainParams::FIELDS`) against which [`resolve`]
+//! checks a pipeline's `params` table (unknown names, wrong types, out-of-range values) and fills
+//! in every default, so that the cache key sees the full configuration and `rise plan` can show
+//! it. [`document`] writes the help text from the same list, defaults included.
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -314,7 +314,8 @@ macro_rules! stage_params {
         $(#[$fm:meta])* .. $field:ident : $ty:ty $({ $($k:ident = $d:tt),* $(,)? })? ; $($rest:tt)*) => {
         $crate::stage_params!(@munch $metas $name
             [$($fields)* $(#[$fm])*
-                #[doc = concat!("The shared `", stringify!($ty), "` params, flattened: their keys sit in this stage's own table.")]
+                #[doc = concat!("The shared `", stringify!($ty),
+                    "` params, flattened: their keys sit in this stage's own table.")]
                 #[serde(flatten)] pub $field: $ty,]
             [$($parts)* &$crate::params::with_defaults::<{ <$ty>::FIELDS.len() }>(
                 <$ty>::FIELDS, &[$($((stringify!($k), stringify!($d))),*)?]),]
@@ -357,7 +358,7 @@ macro_rules! stage_params {
     };
 }
 
-/// Fields in `parts` together (for [`stage_params!`]).
+/// Fields in `parts` together (for [`stage_params!`](crate::stage_params)).
 pub const fn count(parts: &[&[Field]]) -> usize {
     let (mut n, mut i) = (0, 0);
     while i < parts.len() {
@@ -367,7 +368,8 @@ pub const fn count(parts: &[&[Field]]) -> usize {
     n
 }
 
-/// `parts` as one list (for [`stage_params!`]); `N` must be [`count`]`(parts)`.
+/// `parts` as one list (for [`stage_params!`](crate::stage_params)); `N` must be
+/// [`count`]`(parts)`.
 pub const fn concat<const N: usize>(parts: &[&[Field]]) -> [Field; N] {
     let mut out = [Field::optional("", Ty::Bool, ""); N];
     let (mut n, mut i) = (0, 0);
@@ -384,8 +386,8 @@ pub const fn concat<const N: usize>(parts: &[&[Field]]) -> [Field; N] {
     out
 }
 
-/// `fields` with the defaults of some replaced (JSON text by name; for [`stage_params!`]).
-/// Naming a field that does not exist fails the build.
+/// `fields` with the defaults of some replaced (JSON text by name; for
+/// [`stage_params!`](crate::stage_params)). Naming a field that does not exist fails the build.
 pub const fn with_defaults<const N: usize>(
     fields: &[Field],
     defaults: &[(&'static str, &'static str)],
