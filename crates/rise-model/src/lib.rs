@@ -6,7 +6,6 @@
 //!
 //! Only the `rise-worker` binary links this crate (and so libtorch); the `rise` engine
 //! never does, which keeps it starting in milliseconds.
-#![warn(missing_docs)]
 
 pub mod batch;
 pub mod checkpoint;
