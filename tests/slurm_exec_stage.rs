@@ -2,9 +2,10 @@
 //! a stage asking for a GPU sees the one Slurm gave it, and `scancel` of a running stage
 //! commits nothing while the re-submitted job resumes from the kept scratch directory and
 //! gives the artifact an uninterrupted local run gives.
-mod engine_support;
 mod slurm_support;
-use engine_support::*;
+mod support;
+use support::engine::*;
+use support::{stderr, stdout};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
