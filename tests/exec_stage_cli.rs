@@ -181,23 +181,3 @@ fn a_failing_job_reports_its_error_and_log_in_the_done_record() {
         0
     );
 }
-
-/// The `key` of stage `name` anywhere in `rise plan --json`'s output.
-fn find_key(v: &serde_json::Value, name: &str) -> Option<String> {
-    match v {
-        serde_json::Value::Object(m) => {
-            let named = m
-                .get("stage")
-                .or_else(|| m.get("name"))
-                .and_then(|s| s.as_str());
-            if named == Some(name) {
-                if let Some(k) = m.get("key").and_then(|k| k.as_str()) {
-                    return Some(k.to_string());
-                }
-            }
-            m.values().find_map(|x| find_key(x, name))
-        }
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, name)),
-        _ => None,
-    }
-}

@@ -37,25 +37,6 @@ fn spec(env: &Env, store: &Path, name: &str, stage: &str) -> (PathBuf, PathBuf) 
     (env.write(&format!("{name}.json"), &spec.to_string()), done)
 }
 
-fn find_key(v: &serde_json::Value, name: &str) -> Option<String> {
-    match v {
-        serde_json::Value::Object(m) => {
-            let named = m
-                .get("stage")
-                .or_else(|| m.get("name"))
-                .and_then(|s| s.as_str());
-            if named == Some(name) {
-                if let Some(k) = m.get("key").and_then(|k| k.as_str()) {
-                    return Some(k.to_string());
-                }
-            }
-            m.values().find_map(|x| find_key(x, name))
-        }
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, name)),
-        _ => None,
-    }
-}
-
 /// `sbatch [extra] --wrap "exec rise --store STORE exec-stage SPEC"`; the job id.
 fn submit(env: &Env, store: &Path, spec: &Path, extra: &[&str]) -> String {
     let wrap = format!(
@@ -120,32 +101,6 @@ fn a_stage_job_sees_the_gpu_slurm_gave_it() {
         std::fs::read_to_string(dir.join("out.txt")).unwrap(),
         "gpus=0\n"
     );
-}
-
-/// Appends `line N` to its scratch file every 0.3 s up to 15, resuming after the lines
-/// already there, then copies the file out. `STARTED` appears after line 3; `STARTED.from`
-/// gets the line count each start found.
-fn slow_pipeline(started: &Path) -> String {
-    header("slow")
-        + &format!(
-            r#"[stage.slow]
-kind = "shell"
-outputs = ["lines"]
-cmd = '''
-lines="$RISE_SCRATCH/lines"
-n=0; if [ -f "$lines" ]; then n=$(wc -l < "$lines"); fi
-echo "$n" >> {started}.from
-i=$n
-while [ "$i" -lt 15 ]; do
-  i=$((i+1)); echo "line $i" >> "$lines"
-  if [ "$i" = 3 ]; then touch {started}; fi
-  sleep 0.3
-done
-cp "$lines" "$RISE_OUT/lines"
-'''
-"#,
-            started = started.display()
-        )
 }
 
 #[test]

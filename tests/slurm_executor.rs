@@ -230,32 +230,6 @@ fn a_failing_job_reports_its_slurm_state_and_its_logs() {
     );
 }
 
-/// Appends `line N` to its scratch file every 0.3 s up to 15, resuming after the lines
-/// already there, then copies the file out. `STARTED` appears after line 3; `STARTED.from`
-/// gets the line count each start found.
-fn slow_pipeline(started: &Path) -> String {
-    header("slow")
-        + &format!(
-            r#"[stage.slow]
-kind = "shell"
-outputs = ["lines"]
-cmd = '''
-lines="$RISE_SCRATCH/lines"
-n=0; if [ -f "$lines" ]; then n=$(wc -l < "$lines"); fi
-echo "$n" >> {started}.from
-i=$n
-while [ "$i" -lt 15 ]; do
-  i=$((i+1)); echo "line $i" >> "$lines"
-  if [ "$i" = 3 ]; then touch {started}; fi
-  sleep 0.3
-done
-cp "$lines" "$RISE_OUT/lines"
-'''
-"#,
-            started = started.display()
-        )
-}
-
 fn wait_for(path: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !path.exists() {

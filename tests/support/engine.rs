@@ -118,3 +118,49 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// The key of stage `name` anywhere in `rise plan --json`'s or a job spec's JSON.
+pub fn find_key(v: &serde_json::Value, name: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => {
+            let named = m
+                .get("stage")
+                .or_else(|| m.get("name"))
+                .and_then(|s| s.as_str());
+            if named == Some(name) {
+                if let Some(k) = m.get("key").and_then(|k| k.as_str()) {
+                    return Some(k.to_string());
+                }
+            }
+            m.values().find_map(|x| find_key(x, name))
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, name)),
+        _ => None,
+    }
+}
+
+/// Appends `line N` to its scratch file every 0.3 s up to 15, resuming after the lines
+/// already there, then copies the file out. `STARTED` appears after line 3; `STARTED.from`
+/// gets the line count each start found.
+pub fn slow_pipeline(started: &Path) -> String {
+    header("slow")
+        + &format!(
+            r#"[stage.slow]
+kind = "shell"
+outputs = ["lines"]
+cmd = '''
+lines="$RISE_SCRATCH/lines"
+n=0; if [ -f "$lines" ]; then n=$(wc -l < "$lines"); fi
+echo "$n" >> {started}.from
+i=$n
+while [ "$i" -lt 15 ]; do
+  i=$((i+1)); echo "line $i" >> "$lines"
+  if [ "$i" = 3 ]; then touch {started}; fi
+  sleep 0.3
+done
+cp "$lines" "$RISE_OUT/lines"
+'''
+"#,
+            started = started.display()
+        )
+}
