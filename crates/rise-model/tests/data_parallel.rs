@@ -9,44 +9,17 @@
 //! max |Δw| ≤ 1e-5 (weights are O(0.1), lr 3e-3) after 4, 16 and 64 steps alike: the bound
 //! does not grow with the number of steps (measured: 1.1e-8, 1.2e-7, 3.6e-7; the rounding
 //! differences wander like a random walk, and the cosine schedule's decaying lr caps them).
+mod common;
+use common::{data, tiny_cfg};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration as Timeout;
 
 use rise_model::checkpoint::{init_random, named_tensors};
 use rise_model::dist::{free_port, Backend, ProcessGroup, Rendezvous};
-use rise_model::trainer::{DataParallel, Duration, TrainConfig, TrainError, TrainExample, Trainer};
-use rise_model::{LlamaConfig, Model};
+use rise_model::trainer::{DataParallel, Duration, TrainConfig, TrainError, Trainer};
+use rise_model::Model;
 
 const TOL: f32 = 1e-5;
-
-fn tiny_cfg() -> LlamaConfig {
-    let mut c = LlamaConfig::tiny(48);
-    c.hidden_size = 32;
-    c.intermediate_size = 64;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.head_dim = 8;
-    c
-}
-
-fn example(ids: &[u32], trained_from: usize, weight: f32) -> TrainExample {
-    TrainExample {
-        ids: ids.to_vec(),
-        loss_mask: (0..ids.len()).map(|i| i >= trained_from).collect(),
-        weight,
-    }
-}
-
-fn data() -> Vec<TrainExample> {
-    vec![
-        example(&[1, 5, 9, 13, 17, 21, 25, 29], 3, 12.18),
-        example(&[2, 6, 10, 14, 18, 22], 2, 1.0),
-        example(&[3, 7, 11, 15, 19, 23, 27, 31, 35, 39], 5, 0.082),
-        example(&[4, 8, 12, 16], 1, 1.0),
-        example(&[40, 41, 42, 43, 44, 45, 46], 4, 2.0),
-    ]
-}
 
 fn config(duration: Duration) -> TrainConfig {
     TrainConfig {
