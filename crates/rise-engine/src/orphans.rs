@@ -20,10 +20,14 @@
 //! do) would silently drop the protection.
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use rise_store::{StageKey, Store};
 use serde::{Deserialize, Serialize};
+
+/// Claims made by this process, numbering their tokens.
+static CLAIMS: AtomicU64 = AtomicU64::new(0);
 
 /// The environment variable that marks every process of a running stage.
 pub const STAGE_TOKEN_VAR: &str = "RISE_STAGE_TOKEN";
@@ -76,7 +80,13 @@ impl StageProcesses {
         let path = record_path(store, key);
         let reaped = reap(&path)?;
         let record = Record {
-            token: format!("{run_id}/{key}"),
+            // The counter keeps tokens apart when one process runs the same key twice within
+            // a run id's millisecond (tests run pipelines in parallel threads): a shared token
+            // would let one stage's `finish` kill the other's processes.
+            token: format!(
+                "{run_id}/{key}/{}",
+                CLAIMS.fetch_add(1, AtomicOrdering::Relaxed)
+            ),
             run_id: run_id.to_string(),
             stage: stage.to_string(),
             engine_pid: std::process::id(),
