@@ -53,7 +53,7 @@ model whose weights take more than half of this machine's memory (on the CPU) fa
 fields behind its size. RISE_MAX_PARAMS=N (e.g. 7B, 125M) caps the parameters of every model any \
 stage loads; it is an environment variable, not a param, so it never changes cache keys.",
         after_help = "Examples:\n  rise run pipelines/rise.toml\n  rise run pipelines/rise.toml --jobs 4\n  \
-rise run pipelines/rise.toml --stage iter1/train     # only that stage and what it needs\n  \
+rise run pipelines/rise.toml --stage self.iter1.train    # only that stage and what it needs\n  \
 rise run p.toml --json | jq .stages\n\nExit status: 0 all stages have results; 1 a stage failed \
 or was skipped; 130 interrupted; 2 the pipeline file or store is unusable."
     )]
@@ -64,11 +64,11 @@ or was skipped; 130 interrupted; 2 the pipeline file or store is unusable."
     Plan(PipelineArgs),
 
     /// Show one stage's key fields next to its last committed result, marking differences.
-    #[command(after_help = "Example:\n  rise explain pipelines/rise.toml iter1/train")]
+    #[command(after_help = "Example:\n  rise explain pipelines/rise.toml distill.iter1.train")]
     Explain {
         #[command(flatten)]
         p: PipelineArgs,
-        /// The stage, e.g. `iter1/train`.
+        /// The stage, e.g. `distill.iter1.train` or `iter1/train`.
         stage: String,
     },
 
@@ -93,7 +93,7 @@ files (with blob ids and sizes), metrics, and the path of a read-only checkout o
 you can open a report directly.\n\nWHAT is a result id, an artifact id (the result that produced \
 it), a unique prefix of either (at least 6 hex digits), or a stage name (its latest result; \
 with --pipeline NAME when several pipelines have that stage).",
-        after_help = "Examples:\n  rise show report\n  rise show iter2/evaluate --json | jq .metrics\n  \
+        after_help = "Examples:\n  rise show report\n  rise show distill.iter2.evaluate --json | jq .metrics\n  \
 rise show 3fa9c1"
     )]
     Show {
@@ -114,8 +114,8 @@ model.safetensors, tokenizer.json, tokenizer_config.json) that transformers and 
 stage name (its latest result), a result id, an artifact id or a hex prefix; the stage must produce \
 a model (model, sft, train, export). Every file is verified against its hash while it is copied. \
 DIR must not exist or must be empty.",
-        after_help = "Examples:\n  rise export iter2/train --to out/rise-iter2\n  \
-python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('out/rise-iter2')\""
+        after_help = "Examples:\n  rise export distill.iter2.train --to out/rise-distill-iter2\n  \
+python -c \"import transformers as t; t.AutoModelForCausalLM.from_pretrained('out/rise-distill-iter2')\""
     )]
     Export {
         /// Stage name, result id, artifact id, or hex prefix.
@@ -149,7 +149,7 @@ producing result or be pinned.\n\n--rerun STAGE (with --pipeline FILE) re-execut
 temporary store seeded with its inputs' artifacts and compares the output id with the stored \
 result: it prints \"reproducible\" or the differing files.\n\n--lock FILE checks that, for every \
 stage in the lock file, this store's result for the same key has the same output.",
-        after_help = "Examples:\n  rise audit\n  rise audit --pipeline pipelines/rise.toml --rerun iter1/grade\n  \
+        after_help = "Examples:\n  rise audit\n  rise audit --pipeline pipelines/rise.toml --rerun self.iter1.grade\n  \
 rise audit --lock rise.lock\n\nExit status: 0 clean; 1 a problem was found."
     )]
     Audit(AuditArgs),
