@@ -5,100 +5,11 @@
 //! sharded is refused at its `shards` line.
 mod support;
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 use support::describe;
-use support::pipeline::{env_with, stage_logs, states, Env};
-
-/// A micro model (untrained: its answers are all wrong, so relabel has work at every state),
-/// and sample / relabel / evaluate with units that do not divide evenly into 3 shards:
-/// 20 prompts in files of 4 (5 files), 10 test problems in batches of 3 (4 batches).
-fn pipeline() -> String {
-    let config = support::root().join("configs/micro.toml");
-    let synthetic = "synthetic = { n_train = 40, n_test = 10, min_steps = 1, max_steps = 2, \
-                     max_operand = 9, max_factor = 3, max_value = 99 }";
-    format!(
-        r#"[pipeline]
-name = "sharded"
-seed = 1
-
-[stage.train_set]
-kind = "dataset"
-params = {{ source = "synthetic", split = "train", {synthetic} }}
-
-[stage.test_set]
-kind = "dataset"
-params = {{ source = "synthetic", split = "test", {synthetic} }}
-
-[stage.tokenizer]
-kind = "tokenizer"
-inputs = {{ data = "train_set" }}
-params = {{ vocab_size = 256 }}
-
-[stage.init]
-kind = "model"
-inputs = {{ tokenizer = "tokenizer" }}
-params = {{ config = {config:?}, system = "" }}
-
-[stage.sample]
-kind = "sample"
-inputs = {{ policy = "init", prompts = "train_set" }}
-params = {{ limit = 20, max_new_tokens = 12, shard_size = 4, batch_size = 3 }}
-
-[stage.grade]
-kind = "grade"
-inputs = {{ rollouts = "sample" }}
-
-[stage.relabel]
-kind = "relabel"
-inputs = {{ graded = "grade", policy = "init" }}
-params = {{ n = 2, turns = 2, max_new_tokens = 12, shard_size = 4 }}
-
-[stage.evaluate]
-kind = "evaluate"
-inputs = {{ model = "init", data = "test_set" }}
-params = {{ max_new_tokens = 12, batch_size = 3, turns = 2, parallel = 2 }}
-"#,
-        config = config.display().to_string()
-    )
-}
-
-/// The pipeline with `shards = N` on each named stage.
-fn sharded(text: &str, stages: &[(&str, u32)]) -> String {
-    let mut text = text.to_string();
-    for (stage, n) in stages {
-        let table = format!("[stage.{stage}]\n");
-        assert!(text.contains(&table), "{stage}");
-        text = text.replace(&table, &format!("{table}shards = {n}\n"));
-    }
-    text
-}
-
-/// stage -> output artifact id, from a run summary.
-fn outputs(summary: &Value) -> BTreeMap<String, String> {
-    summary["stages"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .map(|s| {
-            (
-                s["stage"].as_str().unwrap().to_string(),
-                s["output"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
-/// When a stage's result was computed: (started_at, finished_at), RFC 3339 UTC with fixed
-/// digits, so they compare as strings.
-fn ran(env: &Env, stage: &str) -> (String, String) {
-    let out = env.rise(&["show", stage, "--json"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let at = |k: &str| v["manifest"][k].as_str().expect(k).to_string();
-    (at("started_at"), at("finished_at"))
-}
+use support::pipeline::{
+    env_with, micro_text as pipeline, outputs, sharded, stage_logs, states, Env,
+};
 
 fn run_with(env: &Env, text: &str) -> Value {
     std::fs::write(&env.pipeline, text).unwrap();
@@ -229,7 +140,7 @@ fn gpus_run_one_shard_per_gpu_at_once() {
         assert!(!log.contains("CUDA_VISIBLE_DEVICES"), "{log}");
     }
     // ... and one GPU stage at a time, whatever --jobs says.
-    let [a, b] = [1, 2].map(|k| ran(&fresh, &format!("evaluate/shard-{k}-of-2")));
+    let [a, b] = [1, 2].map(|k| fresh.ran(&format!("evaluate/shard-{k}-of-2")));
     assert!(
         a.1 <= b.0 || b.1 <= a.0,
         "GPU stages overlapped: {a:?} {b:?}"

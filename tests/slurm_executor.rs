@@ -230,6 +230,72 @@ fn a_failing_job_reports_its_slurm_state_and_its_logs() {
     );
 }
 
+/// A stage that asks for more than any node has, which sbatch accepts (64 CPUs on nodes of
+/// one), pends with a reason that never clears (`PartitionConfig`): its stage fails with the
+/// job id, the reason and the log, the job is cancelled, and the other stages carry on. Before
+/// this was handled the driver waited forever, so it gets two minutes here.
+#[test]
+fn a_job_that_can_never_start_fails_its_stage_instead_of_pending_forever() {
+    slurm_support::cluster();
+    let env = Env::new();
+    env.write(
+        "p.toml",
+        &(header("never")
+            + &stage("fine", &[], "")
+            + "[stage.huge]\nkind = \"shell\"\noutputs = []\ncmd = 'true'\n\
+               [stage.huge.resources]\ncpus = 64\n"),
+    );
+    let store = env.store();
+    let mut driver = env
+        .rise(&["run", env.path("p.toml").to_str().unwrap(), "--plain"])
+        .args(["--executor", "slurm", "--jobs", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while driver.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = driver.kill();
+            let out = driver.wait_with_output().unwrap();
+            panic!("the driver still waited after 120 s:\n{}", stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = driver.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let id = slurm_support::job_ids(&store)
+        .remove("huge")
+        .unwrap_or_else(|| panic!("huge was not submitted: {err}"));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("FAILED huge:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains(&format!(
+            "slurm job {id} can never start: pending with reason PartitionConfig"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("--cpus-per-task=64"), "{line}");
+    let slurm_log = line
+        .split("slurm log: ")
+        .nth(1)
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no slurm log in {line}"));
+    // The job never ran: the log holds the reason rise gave up.
+    let text = std::fs::read_to_string(slurm_log).unwrap();
+    assert!(text.contains("PartitionConfig"), "{text}");
+    assert!(err.contains(&format!("       log: {slurm_log}")), "{err}");
+    // Cancelled, not left in the queue.
+    let job = slurm_support::job(&id);
+    assert_eq!(job["JobState"], "CANCELLED", "{job:?}");
+    // The other stage ran and committed; the one that never started committed nothing.
+    assert_eq!(env.executed(), ["fine"]);
+    assert_eq!(std::fs::read_dir(store.join("results")).unwrap().count(), 1);
+}
+
 fn wait_for(path: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !path.exists() {

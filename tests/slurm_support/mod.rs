@@ -8,9 +8,10 @@
 //! script's output, when Slurm cannot be started (not root, no package mirror, a controller
 //! configured by someone else).
 #![allow(dead_code)]
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -123,4 +124,79 @@ fn start() -> Result<Cluster, String> {
         ));
     }
     Ok(Cluster { nodes })
+}
+
+/// Stage -> the Slurm job id it was submitted as, from the run logs in `store/logs/` (the
+/// driver logs `STAGE: slurm job ID (log ...)` after each submission).
+pub fn job_ids(store: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(store.join("logs")) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        if entry.path().extension().is_none_or(|x| x != "log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            // `TIMESTAMP STAGE: slurm job ID (log PATH)`
+            let Some((_, rest)) = line.split_once(' ') else {
+                continue;
+            };
+            if let Some((stage, after)) = rest.split_once(": slurm job ") {
+                if let Some(id) = after.split_whitespace().next() {
+                    out.insert(stage.to_string(), id.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What `scontrol show job` says of a job: `Key=Value` fields (the test cluster keeps a
+/// finished job for an hour, `MinJobAge=3600`).
+pub fn job(id: &str) -> BTreeMap<String, String> {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "--oneliner", id])
+        .output()
+        .expect("run scontrol");
+    assert!(
+        out.status.success(),
+        "scontrol show job {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Whether a job asked for a GPU, as Slurm recorded its request.
+pub fn asked_for_gpus(job: &BTreeMap<String, String>) -> bool {
+    job.iter()
+        .any(|(k, v)| k.starts_with("TresPer") && v.contains("gpu"))
+}
+
+/// Waits (up to `limit`) until every node is idle, so that a test that needs both nodes at
+/// once does not find one busy with another test's job.
+pub fn wait_idle(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%N %t"])
+            .output()
+            .expect("run sinfo");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let idle = text.lines().filter(|l| l.ends_with(" idle")).count();
+        if idle >= NODES {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes still busy after {}s:\n{text}",
+            limit.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

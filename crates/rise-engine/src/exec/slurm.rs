@@ -21,6 +21,7 @@ use rise_store::{ArtifactId, KeyLock, StageKey};
 use super::run_stage::lock_key;
 use super::{stage_log_path, Executor, StageEnv, StageState};
 use crate::job::{self, DoneRecord, JobOutcome, JobSpec, JOB_FORMAT};
+use crate::pipeline::{ShardRole, StageDef};
 use crate::plan::CacheCheck;
 use crate::resolve::{Resolved, ResolvedStage};
 
@@ -49,6 +50,21 @@ impl SlurmOptions {
             stages: BTreeMap::new(),
             poll_interval: Duration::from_millis(500),
             done_patience: Duration::from_secs(10),
+        }
+    }
+
+    /// The resources of stage `def`'s job: its own table over the pipeline-wide one, except
+    /// that the merge step of a sharded stage asks for no GPU. It inherits the stage's table
+    /// (shards keep the stage's origin), but it only concatenates files: a GPU would sit idle,
+    /// and on a busy cluster the merge would queue for one behind every GPU job.
+    pub fn job_resources(&self, def: &StageDef) -> SbatchArgs {
+        let args = match self.stages.get(&def.name) {
+            Some(own) => self.defaults.overlaid(own),
+            None => self.defaults.clone(),
+        };
+        match def.shard {
+            ShardRole::Merge { .. } => args.without_gpus(),
+            _ => args,
         }
     }
 }
@@ -136,6 +152,53 @@ impl SbatchArgs {
             partition: over.partition.clone().or_else(|| self.partition.clone()),
             account: over.account.clone().or_else(|| self.account.clone()),
             extra: self.extra.iter().chain(&over.extra).cloned().collect(),
+        }
+    }
+
+    /// `self` asking for no GPU: `gpus` unset, and every `extra` argument that asks for GPUs
+    /// (`--gpus*`, `-G`, the `gpu` items of `--gres`) or sizes something per GPU
+    /// (`--cpus-per-gpu`, `--mem-per-gpu`: sbatch refuses them without a GPU) dropped, with
+    /// its value when that is the next argument.
+    pub fn without_gpus(&self) -> SbatchArgs {
+        let mut extra = Vec::with_capacity(self.extra.len());
+        let mut args = self.extra.iter().peekable();
+        while let Some(arg) = args.next() {
+            let (flag, attached) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, Some(value.to_string())),
+                // `-G2`: the short form with its value attached.
+                None if arg.starts_with("-G") && arg.len() > 2 => {
+                    ("-G", Some(arg[2..].to_string()))
+                }
+                None => (arg.as_str(), None),
+            };
+            let per_gpu = matches!(flag, "-G" | "--cpus-per-gpu" | "--mem-per-gpu")
+                || flag.starts_with("--gpus");
+            if !per_gpu && flag != "--gres" {
+                extra.push(arg.clone());
+                continue;
+            }
+            let value = match attached {
+                Some(v) => v,
+                None => args
+                    .next_if(|next| !next.starts_with('-'))
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            if flag == "--gres" {
+                // `--gres=gpu:1,tmpfs:10G` keeps `--gres=tmpfs:10G`.
+                let kept: Vec<&str> = value
+                    .split(',')
+                    .filter(|g| !g.is_empty() && *g != "gpu" && !g.starts_with("gpu:"))
+                    .collect();
+                if !kept.is_empty() {
+                    extra.push(format!("--gres={}", kept.join(",")));
+                }
+            }
+        }
+        SbatchArgs {
+            gpus: None,
+            extra,
+            ..self.clone()
         }
     }
 
@@ -231,6 +294,45 @@ const TERMINAL: &[&str] = &[
     "DEADLINE",
 ];
 
+/// Why a pending job will never start, for the reasons (`squeue`'s `%r`) that say its request
+/// exceeds what the cluster's configuration allows (not what is busy now): no node or
+/// partition can ever give it what it asks for, so waiting would be forever. `None` for every
+/// other reason, including those that may clear by themselves: `Resources` and `Priority`
+/// (busy), `ReqNodeNotAvail` (nodes down, drained or reserved: they may come back), holds,
+/// group limits of an account (`AssocGrp*`, `QOSGrp*`: other jobs' usage).
+fn never_starts(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "PartitionConfig" => {
+            "the partition cannot give it what it asks for (more CPUs, memory or GPUs than \
+             any of its nodes has)"
+        }
+        "PartitionNodeLimit" => "it asks for more nodes than its partition allows",
+        "PartitionTimeLimit" => "its time limit is over its partition's",
+        "BadConstraints" => "no node satisfies its constraints",
+        "InvalidAccount" => "its account is not valid",
+        "InvalidQOS" => "its QOS is not valid",
+        "DependencyNeverSatisfied" => "its dependency can never be satisfied",
+        r if (r.starts_with("QOSMax") || r.starts_with("AssocMax")) && r.contains("PerJob") => {
+            "it asks for more than one job may have under its QOS or association"
+        }
+        r if r.starts_with("QOSMin") => "it asks for less than its QOS requires",
+        _ => return None,
+    })
+}
+
+/// Pending reasons worth telling the user about, since they may last indefinitely but can
+/// clear (the job keeps waiting).
+fn may_wait_long(reason: &str) -> bool {
+    [
+        "ReqNodeNotAvail",
+        "Nodes_required",
+        "JobHeld",
+        "launch failed requeued held",
+    ]
+    .iter()
+    .any(|r| reason.starts_with(r))
+}
+
 /// One submitted job.
 struct Job {
     stage: usize,
@@ -238,6 +340,13 @@ struct Job {
     done: PathBuf,
     slurm_log: PathBuf,
     submitted: Instant,
+    /// Its `sbatch` resources as passed, for messages.
+    resources: Vec<String>,
+    /// Set when `squeue` gave a reason it can never start for ([`never_starts`]): the reason
+    /// and what it means. The job is then cancelled and, once gone, fails its stage.
+    never_starts: Option<(String, &'static str)>,
+    /// The last waiting reason reported ([`may_wait_long`]), so each is told once.
+    reported_reason: Option<String>,
     /// Held until the job has ended (see the module doc).
     _lock: KeyLock,
 }
@@ -325,9 +434,13 @@ impl<'a, 'e> Slurm<'a, 'e> {
             done: files.done.clone(),
             driver_holds_lock: true,
         };
+        let resources = match env.resolved.pipeline.stage(&stage.name) {
+            Some(def) => self.opts.job_resources(def).args(),
+            None => return Err(fail(format!("the pipeline has no stage {}", stage.name))),
+        };
         let id = files
             .write(&spec, &self.opts.rise, &absolute(env.store.root()))
-            .and_then(|()| self.sbatch(&stage.name, &files))
+            .and_then(|()| self.sbatch(&stage.name, &files, &resources))
             .map_err(|e| fail(format!("cannot submit a Slurm job: {e}")))?;
         // `rise status` shows the job of a running stage from its key's lock.
         if let Err(e) = lock.set_what(&format!("{what}: slurm job {id}")) {
@@ -345,24 +458,28 @@ impl<'a, 'e> Slurm<'a, 'e> {
             done: files.done,
             slurm_log: files.slurm_log,
             submitted: Instant::now(),
+            resources,
+            never_starts: None,
+            reported_reason: None,
             _lock: lock,
         });
         Ok(())
     }
 
     /// `sbatch --parsable ... SCRIPT`: the job id.
-    fn sbatch(&self, stage: &str, files: &JobFiles) -> Result<String, String> {
-        let resources = match self.opts.stages.get(stage) {
-            Some(own) => self.opts.defaults.overlaid(own),
-            None => self.opts.defaults.clone(),
-        };
+    fn sbatch(
+        &self,
+        stage: &str,
+        files: &JobFiles,
+        resources: &[String],
+    ) -> Result<String, String> {
         let dir = absolute(&self.env.resolved.pipeline.dir());
         let out = Command::new("sbatch")
             .arg("--parsable")
             .arg(format!("--job-name=rise:{stage}"))
             .arg(format!("--output={}", files.slurm_log.display()))
             .arg(format!("--chdir={}", dir.display()))
-            .args(resources.args())
+            .args(resources)
             .arg(&files.script)
             .output()
             .map_err(|e| format!("sbatch: {e}"))?;
@@ -382,12 +499,12 @@ impl<'a, 'e> Slurm<'a, 'e> {
         Ok(id)
     }
 
-    /// One `squeue` call for all jobs: id -> state, for the jobs still known to the
+    /// One `squeue` call for all jobs: id -> (state, reason), for the jobs still known to the
     /// controller. `None`: squeue failed (reported once; the next round asks again).
-    fn squeue(&mut self) -> Option<HashMap<String, String>> {
+    fn squeue(&mut self) -> Option<HashMap<String, (String, String)>> {
         let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
         let out = Command::new("squeue")
-            .args(["--noheader", "--states=all", "--format=%i %T", "--jobs"])
+            .args(["--noheader", "--states=all", "--format=%i %T %r", "--jobs"])
             .arg(ids.join(","))
             .output();
         let out = match out {
@@ -410,8 +527,11 @@ impl<'a, 'e> Slurm<'a, 'e> {
         let states = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
-                let (id, state) = l.trim().split_once(' ')?;
-                Some((id.to_string(), state.trim().to_string()))
+                // The reason may hold spaces (`ReqNodeNotAvail, UnavailableNodes:n1`).
+                let mut fields = l.trim().splitn(3, ' ');
+                let (id, state) = (fields.next()?, fields.next()?);
+                let reason = fields.next().unwrap_or("").trim();
+                Some((id.to_string(), (state.to_string(), reason.to_string())))
             })
             .collect();
         Some(states)
@@ -462,6 +582,28 @@ impl<'a, 'e> Slurm<'a, 'e> {
             Duration::from_secs(1).min(self.opts.done_patience)
         };
         let done = job::read_done(&job.done, patience);
+        if let Some((reason, meaning)) = &job.never_starts {
+            // Cancelled by us; unless it started after all and committed, it never ran.
+            if !matches!(
+                &done,
+                Ok(Some(DoneRecord {
+                    outcome: JobOutcome::Committed,
+                    ..
+                }))
+            ) {
+                return self.failed(
+                    stage,
+                    format!(
+                        "slurm job {} can never start: pending with reason {reason} ({meaning}); \
+                         it asked for {}; cancelled, nothing committed (slurm log: {})",
+                        job.id,
+                        describe_resources(&job.resources),
+                        job.slurm_log.display()
+                    ),
+                    job.slurm_log.clone(),
+                );
+            }
+        }
         let where_ = format!("slurm job {} {slurm_state}", job.id);
         match done {
             Ok(Some(DoneRecord {
@@ -535,6 +677,66 @@ impl<'a, 'e> Slurm<'a, 'e> {
         }
     }
 
+    /// Cancels every pending job `squeue` says can never start ([`never_starts`]; it then
+    /// fails its stage when it has left the queue), and tells once of each reason that may
+    /// keep a job waiting long ([`may_wait_long`]).
+    fn check_pending(&mut self, states: &HashMap<String, (String, String)>) {
+        let env = self.env;
+        let mut cancel = Vec::new();
+        for job in &mut self.jobs {
+            let Some((state, reason)) = states.get(&job.id) else {
+                continue;
+            };
+            if state != "PENDING" || job.never_starts.is_some() {
+                continue;
+            }
+            let stage = &env.resolved.stages[job.stage].name;
+            if let Some(meaning) = never_starts(reason) {
+                env.display.line(&format!(
+                    "{stage}: slurm job {} can never start ({reason}: {meaning}); cancelling it",
+                    job.id
+                ));
+                // The job never ran, so Slurm wrote no log: the reported path holds the
+                // reason. `create_new`: should it start after all, its own output wins.
+                let note = format!(
+                    "# rise: slurm job {} cancelled before it started: pending with reason \
+                     {reason} ({meaning}); it asked for {}\n",
+                    job.id,
+                    describe_resources(&job.resources)
+                );
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&job.slurm_log)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()));
+                job.never_starts = Some((reason.clone(), meaning));
+                cancel.push(job.id.clone());
+            } else if may_wait_long(reason) && job.reported_reason.as_ref() != Some(reason) {
+                env.display.line(&format!(
+                    "{stage}: slurm job {} is pending: {reason} (waiting; Ctrl-C cancels)",
+                    job.id
+                ));
+                job.reported_reason = Some(reason.clone());
+            }
+        }
+        if !cancel.is_empty() {
+            // Its key stays locked until the job has left the queue (the next rounds).
+            self.scancel(&cancel);
+        }
+    }
+
+    fn scancel(&self, ids: &[String]) {
+        match Command::new("scancel").args(ids).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => self.env.display.line(&format!(
+                "scancel {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => self.env.display.line(&format!("cannot run scancel: {e}")),
+        }
+    }
+
     fn failed(&self, stage: &ResolvedStage, error: String, log: PathBuf) -> StageState {
         self.env.display.finished(&stage.name, "FAILED", &error);
         StageState::Failed { error, log }
@@ -557,10 +759,11 @@ impl Executor for Slurm<'_, '_> {
                 return Vec::new();
             }
             if let Some(states) = self.squeue() {
+                self.check_pending(&states);
                 let mut ended = Vec::new();
                 let mut k = 0;
                 while k < self.jobs.len() {
-                    let state = states.get(&self.jobs[k].id).cloned();
+                    let state = states.get(&self.jobs[k].id).map(|(s, _)| s.clone());
                     let over = state.as_deref().is_none_or(|s| TERMINAL.contains(&s));
                     if over {
                         ended.push((self.jobs.swap_remove(k), state));
@@ -590,19 +793,11 @@ impl Executor for Slurm<'_, '_> {
         if self.jobs.is_empty() {
             return;
         }
-        let ids: Vec<&str> = self.jobs.iter().map(|j| j.id.as_str()).collect();
+        let ids: Vec<String> = self.jobs.iter().map(|j| j.id.clone()).collect();
         self.env
             .display
             .line(&format!("cancelling slurm jobs {}", ids.join(" ")));
-        match Command::new("scancel").args(&ids).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => self.env.display.line(&format!(
-                "scancel {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => self.env.display.line(&format!("cannot run scancel: {e}")),
-        }
+        self.scancel(&ids);
     }
 
     fn one_gpu_stage_at_a_time(&self) -> bool {
@@ -644,6 +839,15 @@ impl JobFiles {
             sh_quote(&self.spec)
         );
         std::fs::write(&self.script, script).map_err(|e| format!("{}: {e}", self.script.display()))
+    }
+}
+
+/// A job's `sbatch` resources for a message: the arguments, or Slurm's defaults.
+fn describe_resources(args: &[String]) -> String {
+    if args.is_empty() {
+        "Slurm's default resources".to_string()
+    } else {
+        args.join(" ")
     }
 }
 
@@ -700,6 +904,70 @@ mod tests {
                 "--qos=normal",
                 "--constraint=a100"
             ]
+        );
+    }
+
+    #[test]
+    fn the_merge_of_a_sharded_stage_asks_for_no_gpu() {
+        let p = crate::pipeline::Pipeline::parse(
+            Path::new("p.toml"),
+            "[pipeline]\nname = \"s\"\n[stage.b]\nkind = \"k\"\nshards = 2\n".to_string(),
+        )
+        .unwrap();
+        // What `pipeline_execution` gives every stage of `[stage.b.resources]`: shards and merge
+        // share the stage's origin.
+        let own = SbatchArgs {
+            gpus: Some("1".into()),
+            mem: Some("64G".into()),
+            extra: vec!["--gres=gpu:a100:1,tmpfs:10G".into(), "--requeue".into()],
+            ..SbatchArgs::default()
+        };
+        let mut opts = SlurmOptions::new(PathBuf::from("rise"));
+        opts.defaults.gpus = Some("2".into());
+        for name in ["b/shard-1-of-2", "b/shard-2-of-2", "b"] {
+            opts.stages.insert(name.to_string(), own.clone());
+        }
+        let shard = opts.job_resources(p.stage("b/shard-1-of-2").unwrap());
+        assert_eq!(
+            shard.args(),
+            [
+                "--mem=64G",
+                "--gpus=1",
+                "--gres=gpu:a100:1,tmpfs:10G",
+                "--requeue"
+            ]
+        );
+        // The merge keeps everything else: memory, the non-GPU generic resource, requeueing.
+        let merge = opts.job_resources(p.stage("b").unwrap());
+        assert_eq!(merge.args(), ["--mem=64G", "--gres=tmpfs:10G", "--requeue"]);
+    }
+
+    #[test]
+    fn without_gpus_drops_every_way_of_asking_for_one() {
+        let args = SbatchArgs {
+            gpus: Some("a100:2".into()),
+            extra: [
+                "--gpus-per-node=2",
+                "-G",
+                "3",
+                "-G4",
+                "--gres",
+                "gpu:1",
+                "--gres",
+                "nic:1",
+                "--mem-per-gpu=8G",
+                "--cpus-per-gpu",
+                "4",
+                "--qos=long",
+                "--exclusive",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..SbatchArgs::default()
+        };
+        assert_eq!(
+            args.without_gpus().args(),
+            ["--gres=nic:1", "--qos=long", "--exclusive"]
         );
     }
 
