@@ -118,6 +118,150 @@ def bench_tool(tool, d, n, args, cap):
     return rows
 
 
+# ---- The executor row: the same DAG as Slurm jobs (`--executor slurm`). ----
+
+SLURM_TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                  "CANCELLED", "BOOT_FAIL", "DEADLINE"}
+
+
+def slurm_up():
+    try:
+        r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "is UP" in r.stdout
+
+
+def slurm_floor(d, n, jobs, poll):
+    """Slurm's own latency for the DAG: each stage one `sbatch` job running only its command,
+    submitted as soon as its input exists, up to `jobs` at once, found finished by one `squeue`
+    call per round and a `poll` s sleep when none finished (rise's executor polls the same
+    way), by this process (no engine)."""
+    data = d / "data"
+    data.mkdir(parents=True)
+    t = time.perf_counter()
+    pending, running, done = list(range(n)), {}, set()
+    while pending or running:
+        for i in list(pending):
+            if len(running) >= jobs:
+                break
+            p = parent(i)
+            if p is not None and p not in done:
+                continue
+            src = str(data / f"s{p}.txt") if p is not None else None
+            script = d / f"s{i}.sh"
+            script.write_text("#!/bin/bash\n" + cmd_text(i, 1, src, str(data / f"s{i}.txt")) + "\n")
+            r = subprocess.run(["sbatch", "--parsable", f"--job-name=floor:s{i}", f"--output={d}/s{i}.log",
+                                f"--chdir={d}", str(script)], capture_output=True, text=True, check=True)
+            running[r.stdout.strip().split(";")[0]] = i
+            pending.remove(i)
+        r = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i %T", "--jobs", ",".join(running)],
+                           capture_output=True, text=True, check=True)
+        finished = 0
+        for l in r.stdout.splitlines():
+            jid, state = l.split()
+            if state in SLURM_TERMINAL:
+                if state != "COMPLETED":
+                    raise SystemExit(f"floor job {jid} (s{running[jid]}) ended {state}")
+                done.add(running.pop(jid))
+                finished += 1
+        if not finished:
+            time.sleep(poll)
+    return time.perf_counter() - t
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def bench_executor(args, work):
+    """rise --executor slurm, Snakemake's Slurm executor and the floor, each `--repeat` times
+    on a fresh directory; returns the markdown subsection."""
+    n, jobs, reps = args.slurm_stages, args.slurm_jobs, args.repeat
+    smk = Path(args.venv) / "bin" / "snakemake"
+    plugin = subprocess.run([str(Path(args.venv) / "bin" / "python"), "-c",
+                             "import importlib.metadata as m; print(m.version('snakemake-executor-plugin-slurm'))"],
+                            capture_output=True, text=True)
+    have_smk = smk.exists() and plugin.returncode == 0
+    times = {"floor": [], "rise": [], "snakemake": []}
+    for r in range(reps):
+        times["floor"].append(slurm_floor(work / f"floor-{r}", n, jobs, 0.5))
+        d = work / f"rise-slurm-{r}"
+        d.mkdir(parents=True)
+        gen_rise(d, n, False)
+        dt, _ = timed([args.rise, "--store", str(d / "store"), "run", str(d / "pipeline.toml"), "--quiet",
+                       "--executor", "slurm", "--jobs", str(jobs)], d, None)
+        times["rise"].append(dt)
+        if have_smk and r < args.peer_repeat:
+            d = work / f"snakemake-slurm-{r}"
+            d.mkdir(parents=True)
+            gen_snakemake(d, n, False)
+            # squeue for job states (the cluster may have no accounting for sacct), first
+            # check after 1 s (the plugin's default waits 40 s), `all` as a local rule.
+            dt, note = timed([str(smk), "--executor", "slurm", "--jobs", str(jobs), "--quiet",
+                              "--slurm-status-command", "squeue",
+                              "--slurm-init-seconds-before-status-checks", "1", "all"], d, args.cap)
+            times["snakemake"].append(dt if dt is not None else float("inf"))
+        print(f"executor round {r + 1}/{reps}: " + ", ".join(f"{k} {v[r]:.2f} s" for k, v in times.items() if len(v) > r),
+              flush=True)
+    rows = []
+    for tool in ["floor", "rise", "snakemake"]:
+        if not times[tool]:
+            continue
+        m = median(times[tool])
+        each = ", ".join(f"{t:.2f}" for t in times[tool])
+        # Rounds alternate floor and tool, so each tool run is paired with the floor run just
+        # before it: the median of the paired differences cancels slow drifts of the machine.
+        pairs = [(t - f) / n * 1000 for t, f in zip(times[tool], times["floor"])]
+        over = "-" if tool == "floor" else f"{median(pairs):.0f} ms ({min(pairs):.0f} to {max(pairs):.0f})"
+        rows.append(f"| {tool} | {m:.2f} s | {each} | {over} |")
+    peer = (f"Snakemake {subprocess.run([str(smk), '--version'], capture_output=True, text=True).stdout.strip()} "
+            f"with snakemake-executor-plugin-slurm {plugin.stdout.strip()}") if have_smk else \
+        "Snakemake's Slurm plugin not installed: no peer row"
+    sinfo = subprocess.run(["sinfo", "-h", "-o", "%D nodes, %c CPUs each, %G"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip()
+    return "\n".join([
+        "### Executor: Slurm",
+        "",
+        f"Measured {datetime.date.today()} by `benches/engine.sh` with {version} ({sinfo}). The DAG above "
+        f"with N = {n}, as {n} Slurm jobs, at most {jobs} at once, first run, median of the runs "
+        f"listed ({reps} rounds of floor then rise, Snakemake in the first {min(reps, args.peer_repeat)}). `floor` is Slurm's own latency: the same commands as bare `sbatch` "
+        "jobs submitted as soon as their input exists and found finished by one `squeue` call per "
+        "round, 0.5 s apart, as rise polls, from a loop with no engine. `rise`: `rise run --executor "
+        f"slurm --jobs {jobs}` (each job runs `rise exec-stage`: the stage, hashing, commit, done "
+        f"record). Peer: {peer} (`--executor slurm --jobs {jobs} --slurm-status-command squeue "
+        "--slurm-init-seconds-before-status-checks 1`; each of its jobs runs Snakemake again on the "
+        "node). Overhead per job: the median over rounds of (run - the round's floor run) / N, with "
+        "its range. Goal for rise: under 100 ms.",
+        "",
+        "| driver | median | runs (s) | overhead per job |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ])
+
+
+def put_subsection(results, text):
+    """Replace (or append) the executor subsection inside "## Engine", leaving the rest."""
+    res = Path(results)
+    old = res.read_text()
+    start = old.find("\n## Engine\n")
+    if start < 0:
+        raise SystemExit(f"{results} has no ## Engine section to add the executor row to")
+    end = old.find("\n## ", start + 1)
+    end = len(old) if end < 0 else end
+    section = old[start:end]
+    sub = section.find("\n### Executor: Slurm\n")
+    if sub >= 0:
+        nxt = section.find("\n### ", sub + 1)
+        sub_end = len(section) if nxt < 0 else nxt
+        section = section[:sub] + "\n" + text.rstrip("\n") + "\n" + section[sub_end:]
+    else:
+        section = section.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    res.write_text(old[:start] + section.rstrip("\n") + "\n" + old[end:])
+
+
 def fmt(cell):
     dt, note = cell if cell else (None, "not run")
     return note if dt is None else f"{dt:.3f} s"
@@ -132,11 +276,28 @@ def main():
     ap.add_argument("--cap", type=int, default=300)
     ap.add_argument("--peers", default="snakemake dvc")
     ap.add_argument("--results", required=True)
+    ap.add_argument("--slurm", choices=["auto", "on", "off"], default="auto",
+                    help="the executor row: on a reachable Slurm (auto), always, or never")
+    ap.add_argument("--slurm-only", action="store_true",
+                    help="only the executor row, written into the existing ## Engine section")
+    ap.add_argument("--slurm-stages", type=int, default=10)
+    ap.add_argument("--slurm-jobs", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5, help="rounds of the executor row")
+    ap.add_argument("--peer-repeat", type=int, default=1,
+                    help="rounds of the executor row that also run Snakemake (about a minute each)")
     args = ap.parse_args()
     args.rise = str(Path(args.rise).resolve())
     args.venv = str(Path(args.venv).resolve())
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
+    slurm = args.slurm == "on" or (args.slurm == "auto" and slurm_up())
+    if args.slurm_only:
+        if not slurm:
+            raise SystemExit("--slurm-only: no Slurm controller answers `scontrol ping`")
+        text = bench_executor(args, work)
+        print(text)
+        put_subsection(args.results, text)
+        return
     sizes = [int(s) for s in args.sizes.split()]
     peers = args.peers.split()
     versions = {}
@@ -193,6 +354,8 @@ def main():
         *overhead,
         "",
     ]
+    if slurm:
+        section += ["", bench_executor(args, work)]
     text = "\n".join(section)
     print(text)
     res = Path(args.results)
