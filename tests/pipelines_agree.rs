@@ -6,7 +6,9 @@
 use std::path::Path;
 
 fn pipeline(name: &str) -> toml::Table {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pipelines")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     text.parse()
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -28,13 +30,19 @@ fn controls_repeat_every_default_stage_unchanged() {
     for (name, stage) in d {
         if name == "report" {
             // The controls have their own reports; `rise show report` finds the default's.
-            assert!(!c.contains_key(name), "rise-controls.toml must not redefine `report`");
+            assert!(
+                !c.contains_key(name),
+                "rise-controls.toml must not redefine `report`"
+            );
             continue;
         }
         let Some(theirs) = c.get(name) else {
             panic!("rise-controls.toml lacks the default's stage `{name}`");
         };
-        assert_eq!(stage, theirs, "stage `{name}` differs between the two files");
+        assert_eq!(
+            stage, theirs,
+            "stage `{name}` differs between the two files"
+        );
         shared += 1;
     }
     // Base, teacher and both arms at least: a file of only controls would pass vacuously.
