@@ -42,3 +42,48 @@ fn two_runs_execute_each_stage_once() {
     assert!(lock.contains("[stage.z]"), "{lock}");
     env.ok(&["audit"]);
 }
+
+/// A run that waits for another run's lock on a key and then takes that run's result (it
+/// "reused" it) makes the result its own pipeline stage's latest, as a cache hit does: gc keeps
+/// it, and `rise status` shows the stage up to date. Before, the waiting pipeline recorded
+/// nothing, so gc after the other pipeline moved on deleted a result it still used.
+#[test]
+fn a_result_reused_from_a_concurrent_run_is_the_waiting_pipelines_own() {
+    let env = Env::new();
+    let stages = |n: u32| {
+        let mut text = stage("a", &[], "n = 1").replace("; :", "; sleep 0.4; :");
+        text += &stage("c", &[("x", "a")], &format!("n = {n}")).replace("; :", "; sleep 0.4; :");
+        text
+    };
+    let p = env.write("p.toml", &(header("first") + &stages(1)));
+    let q = env.write("q.toml", &(header("second") + &stages(1)));
+    let p2 = env.write("p2.toml", &(header("first") + &stages(2)));
+    let (p, q, p2) = (
+        p.to_str().unwrap(),
+        q.to_str().unwrap(),
+        p2.to_str().unwrap(),
+    );
+    env.ok(&["plan", p]);
+    let first = env.rise(&["run", p, "--quiet"]).spawn().unwrap();
+    // Let the first run take the keys' locks, so the second waits and reuses.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let second = env.run(&["run", q]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(first.wait_with_output().unwrap().status.success());
+    assert_eq!(env.executed(), ["a", "c"], "each key executed once");
+    assert!(
+        stderr(&second).contains("executed by another run"),
+        "the second run waited and reused:\n{}",
+        stderr(&second)
+    );
+    // The first pipeline moves on; gc must keep what the second pipeline's latest uses.
+    env.ok(&["run", p2, "--quiet"]);
+    env.ok(&["gc"]);
+    let status = env.ok(&["status", q]);
+    assert!(
+        !status.contains("never run") && !status.contains("not run"),
+        "the second pipeline's stages keep their results after gc:\n{status}"
+    );
+    env.ok(&["show", "c", "--pipeline", "second"]);
+    env.ok(&["audit"]);
+}

@@ -253,6 +253,54 @@ fn a_stage_that_is_not_root_cannot_change_its_input_checkout() {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
+/// Two stages share the checkout of their input and run at the same time: one appends to it,
+/// the other reads it meanwhile. The first one's check finds the damage and discards the
+/// checkout; the reader must not take the vanished checkout for an intact one and commit what
+/// it read under the input's id. Neither commits; the re-run (without the vandal) reads the
+/// artifact's true files. Before the fix the reader committed "from a\nEVIL" and `rise run`
+/// served that result from the cache afterwards.
+#[test]
+fn stages_sharing_a_checkout_commit_nothing_when_one_damages_it() {
+    if !is_root() {
+        println!("skipped: needs root (root is who can write into a sealed checkout)");
+        return;
+    }
+    let env = Env::new(User::Me);
+    env.run(PRODUCER);
+    // The reader waits until the damage is there and reads it; the vandal exits 0.3 s after
+    // the damage, so its check (and the discard) comes while the reader still runs.
+    let marker = env.path("damaged");
+    let vandal = format!(
+        "[stage.vandal]\nkind = \"shell\"\ninputs = {{ x = \"a\" }}\noutputs = [\"out.txt\"]\n\
+         cmd = '''sleep 0.5; echo EVIL >> \"$RISE_IN_X/out.txt\"; touch {m}; sleep 0.3; echo v > \"$RISE_OUT/out.txt\"'''\n\n",
+        m = marker.display()
+    );
+    let wait = format!("while [ ! -e {} ]; do sleep 0.05; done", marker.display());
+    let reader = consumer("reader", 1, &wait, "sleep 1.5");
+    let text = format!("[pipeline]\nname = \"sealed\"\nseed = 1\n\n{PRODUCER}{vandal}{reader}");
+    std::fs::write(env.path("p.toml"), text).expect("write pipeline");
+    let p = env.path("p.toml");
+    let out = env.rise(&["run", p.to_str().expect("utf-8 path"), "--jobs", "2"]);
+    let said = describe(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("the stage changed its input `x`, or another stage running at the same time")
+            && said.contains("was discarded while in use")
+            && said.contains("nothing committed"),
+        "the reader is told why it commits nothing:\n{said}"
+    );
+    for stage in ["vandal", "reader"] {
+        assert!(
+            !env.rise(&["show", stage]).status.success(),
+            "{stage} has no result:\n{said}"
+        );
+    }
+    env.ok(&["store", "verify"]);
+    // Without the vandal, the reader commits the artifact's true files.
+    env.run(&format!("{PRODUCER}{}", consumer("reader", 1, "", "")));
+    assert_eq!(read_output(&env, "reader"), CONSUMED);
+}
+
 /// (b) Root ignores modes, so root can damage a checkout: between runs, by hand, and from
 /// inside a stage. `rise store verify` names the damaged file and the results that use it
 /// while the damage exists, and the next stage to read the checkout gets it rebuilt, so the

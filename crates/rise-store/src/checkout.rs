@@ -103,6 +103,25 @@ struct SealRecord {
     stamps: Stamps,
 }
 
+/// A checkout as it was handed to a process ([`Store::hand_over_checkout`]): which directory,
+/// and the stamps its files had then. The directory is held open, so that its inode number
+/// cannot be reused while the handle lives: a checkout discarded and rebuilt under the same
+/// path then always has another inode (a freed one is soon reused, which made a comparison of
+/// bare inode numbers miss the rebuild).
+#[derive(Debug)]
+pub struct HandedCheckout {
+    id: ArtifactId,
+    root: fs::File,
+    stamps: Stamps,
+}
+
+impl HandedCheckout {
+    /// The artifact whose checkout was handed over.
+    pub fn artifact(&self) -> &ArtifactId {
+        &self.id
+    }
+}
+
 /// How much of a checkout's content [`inspect`] re-hashes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hashing {
@@ -648,10 +667,66 @@ impl Store {
         Ok(dest)
     }
 
+    /// [`Store::artifact_path`] for a checkout handed to a process that will read it (a stage's
+    /// input): also remembers which directory was handed over and its seal, so that
+    /// [`Store::handed_checkout_damage`] can tell afterwards whether what the process could
+    /// read was the artifact's files all along.
+    pub fn hand_over_checkout(&self, id: &ArtifactId) -> Result<(PathBuf, HandedCheckout)> {
+        let dest = self.artifact_path(id)?;
+        let root = fs::File::open(&dest).map_err(StoreError::io("open", &dest))?;
+        // The seal just checked (or written); without one (a store we may not write), the
+        // stamps as they are now, which `artifact_path` has just verified.
+        let stamps = match self.read_seal(id) {
+            Some(stamps) => stamps,
+            None => inspect(&dest, &self.read_tree(id)?, None, Hashing::Trusted).stamps,
+        };
+        let handed = HandedCheckout {
+            id: *id,
+            root,
+            stamps,
+        };
+        Ok((dest, handed))
+    }
+
+    /// What differs between a checkout handed over by [`Store::hand_over_checkout`] and its
+    /// artifact now, without repairing anything: empty if the process saw the artifact's files
+    /// throughout. Besides changed content (stat against the seal taken at hand-over, re-hash
+    /// what changed), a checkout that is no longer the directory handed over counts: another
+    /// process sharing it found it damaged and discarded it (or it was rebuilt) while this one
+    /// ran, so this one may have read the changed files.
+    pub fn handed_checkout_damage(&self, handed: &HandedCheckout) -> Result<Vec<String>> {
+        let dest = self.checkout_path(&handed.id);
+        let root = match fs::symlink_metadata(&dest) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(vec![format!(
+                    "the checkout {} was discarded while in use (found damaged by a process \
+                     sharing it)",
+                    dest.display()
+                )])
+            }
+            Err(e) => return Err(StoreError::io("stat", &dest)(e)),
+        };
+        let held = handed
+            .root
+            .metadata()
+            .map_err(StoreError::io("stat", &dest))?;
+        if (root.dev(), root.ino()) != (held.dev(), held.ino()) {
+            return Ok(vec![format!(
+                "the checkout {} was replaced while in use (found damaged and rebuilt by a \
+                 process sharing it)",
+                dest.display()
+            )]);
+        }
+        let tree = self.read_tree(&handed.id)?;
+        Ok(inspect(&dest, &tree, Some(&handed.stamps), Hashing::Changed).problems())
+    }
+
     /// Compares checkout `id` with its artifact the way [`Store::artifact_path`] does (stat
     /// against the seal; re-hash only what changed) without repairing anything: the damage
-    /// found, empty if the checkout is intact (or absent). A caller that handed the checkout to
-    /// a process can use it afterwards to learn whether that process changed its input.
+    /// found, empty if the checkout is intact (or absent). To learn whether a process that was
+    /// handed the checkout saw the artifact's files throughout, use
+    /// [`Store::handed_checkout_damage`]: an absent or rebuilt checkout is no damage here.
     pub fn checkout_damage(&self, id: &ArtifactId) -> Result<Vec<String>> {
         let dest = self.checkout_path(id);
         match fs::symlink_metadata(&dest) {
@@ -979,6 +1054,45 @@ mod tests {
             },
             "the new stat was sealed"
         );
+    }
+
+    #[test]
+    fn a_checkout_changed_or_discarded_while_handed_over_counts_for_every_holder() {
+        let (_dir, s, id) = setup(FILES);
+        let (co, first) = s.hand_over_checkout(&id).unwrap();
+        let (_, second) = s.hand_over_checkout(&id).unwrap();
+        assert!(s.handed_checkout_damage(&first).unwrap().is_empty());
+        // One holder changes a file: both see the damage.
+        append(&co.join("a.txt"), b"!");
+        for handed in [&first, &second] {
+            let damage = s.handed_checkout_damage(handed).unwrap();
+            assert!(damage[0].contains("\"a.txt\" was modified"), "{damage:?}");
+        }
+        // The first holder's check discards it: the second must not take the absence for
+        // "intact", since it may have read the changed file.
+        s.remove_checkout(&id).unwrap();
+        let damage = s.handed_checkout_damage(&second).unwrap();
+        assert!(
+            damage[0].contains("was discarded while in use"),
+            "{damage:?}"
+        );
+        // Rebuilt under the same path by a third user: still not the directory handed over.
+        let (_, third) = s.hand_over_checkout(&id).unwrap();
+        let damage = s.handed_checkout_damage(&second).unwrap();
+        assert!(
+            damage[0].contains("was replaced while in use"),
+            "{damage:?}"
+        );
+        assert!(s.handed_checkout_damage(&third).unwrap().is_empty());
+        // A change that leaves the content as it was (times only) is not damage.
+        let a = co.join("a.txt");
+        let bytes = fs::read(&a).unwrap();
+        with_writable_dir(&co, || {
+            fs::set_permissions(&a, fs::Permissions::from_mode(0o644)).unwrap();
+            fs::write(&a, &bytes).unwrap();
+            fs::set_permissions(&a, fs::Permissions::from_mode(0o444)).unwrap();
+        });
+        assert!(s.handed_checkout_damage(&third).unwrap().is_empty());
     }
 
     #[test]

@@ -57,6 +57,10 @@
 //!    changed. A damaged checkout is discarded and rebuilt from the blobs, so a stage never
 //!    reads an input that differs from the artifact id it records. `verify` re-hashes every
 //!    checkout regardless of seals and names each damaged one and the results that use it.
+//!    A process handed a checkout ([`Store::hand_over_checkout`]) is checked afterwards
+//!    against the directory and seal it was given ([`Store::handed_checkout_damage`]): a
+//!    checkout that another process sharing it damaged, and that was discarded or rebuilt
+//!    meanwhile, counts as changed for every process that held it.
 
 mod artifact;
 mod blob;
@@ -73,6 +77,7 @@ mod store;
 mod tree;
 
 pub use blob::BlobReader;
+pub use checkout::HandedCheckout;
 pub use error::{Result, StoreError};
 pub use fsinfo::{mount_of, statfs_magic, FlockCoherence, FsInfo, MountEntry};
 pub use id::{ArtifactId, BlobId, ResultId, StageKey};

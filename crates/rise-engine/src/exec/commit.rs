@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use rise_store::{ArtifactId, ResultId, ResultManifest, StageKey, Store};
+use rise_store::{ArtifactId, HandedCheckout, ResultId, ResultManifest, StageKey, Store};
 use serde_json::{Map, Value};
 
 use super::{now_rfc3339, store_err, RunError, StageEnv, ENGINE_VERSION};
@@ -19,6 +19,8 @@ pub(crate) struct Outcome<'a> {
     pub key: StageKey,
     /// The input artifacts it ran on.
     pub inputs: BTreeMap<String, ArtifactId>,
+    /// Their checkouts, as handed to it.
+    pub handed: Vec<(String, HandedCheckout)>,
     /// Where it ran: `out_dir` holds its outputs, `scratch_dir` its resumable state.
     pub ctx: &'a StageContext,
     /// The metrics it reported.
@@ -40,11 +42,12 @@ pub(crate) fn commit_stage(
     let Outcome {
         key,
         inputs,
+        handed,
         ctx,
         metrics,
         started_at,
     } = done;
-    check_inputs_unchanged(env.store, &inputs)?;
+    check_inputs_unchanged(env.store, &handed)?;
     for declared in &stage.outputs {
         if !ctx.out_dir.join(declared).exists() {
             return Err(StageError::msg(format!(
@@ -105,21 +108,24 @@ pub(crate) fn commit_stage(
 /// discarded so that the next consumer gets the artifact's true files.
 fn check_inputs_unchanged(
     store: &Store,
-    inputs: &BTreeMap<String, ArtifactId>,
+    handed: &[(String, HandedCheckout)],
 ) -> Result<(), StageError> {
-    for (name, id) in inputs {
-        let damage = store.checkout_damage(id).map_err(store_err)?;
+    for (name, checkout) in handed {
+        let damage = store.handed_checkout_damage(checkout).map_err(store_err)?;
         if damage.is_empty() {
             continue;
         }
-        let repair = match store.remove_checkout(id) {
+        let repair = match store.remove_checkout(checkout.artifact()) {
             Ok(()) => "the checkout was discarded and is rebuilt from the store on next use".into(),
             Err(e) => {
                 format!("discarding the checkout failed ({e}): run `rise store verify --repair`")
             }
         };
+        // Stages that ran at the same time share a checkout: any of them may have changed it,
+        // and every one that held it may have read the change, so none of them commits.
         return Err(StageError::msg(format!(
-            "the stage changed its input `{name}` ({}); nothing committed; {repair}",
+            "the stage changed its input `{name}`, or another stage running at the same time \
+             with the same input did ({}); nothing committed; {repair}",
             damage.join("; ")
         )));
     }

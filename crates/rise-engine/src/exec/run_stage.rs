@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rise_store::{ArtifactId, StageKey, Store};
+use rise_store::{ArtifactId, HandedCheckout, StageKey, Store};
 use serde_json::{Map, Value};
 
 use super::commit::{commit_stage, Outcome};
@@ -177,7 +177,7 @@ fn execute_inner(
         .registry
         .get(&stage.kind)
         .ok_or_else(|| StageError::msg(format!("kind `{}` is not registered", stage.kind)))?;
-    let spec = prepare_spec(env, stage, &key, &inputs)?;
+    let (spec, handed) = prepare_spec(env, stage, &key, &inputs)?;
     phase("dirs and inputs ready");
     let log = open_stage_log(env, stage, &key, log_path)?;
     let metrics: Arc<Mutex<Map<String, Value>>> = Arc::new(Mutex::new(Map::new()));
@@ -197,6 +197,7 @@ fn execute_inner(
     let outcome = Outcome {
         key,
         inputs,
+        handed,
         ctx: &ctx,
         metrics: &metrics,
         started_at,
@@ -235,25 +236,27 @@ pub(crate) fn lock_key(
 
 /// The stage's spec: fresh scratch and output directories and its inputs' sealed checkouts,
 /// all as absolute paths (stages may change directory, and a relative `--store` would break
-/// them).
+/// them); and the checkouts as handed over, to check after the stage exits.
 fn prepare_spec(
     env: &StageEnv<'_>,
     stage: &ResolvedStage,
     key: &StageKey,
     inputs: &BTreeMap<String, ArtifactId>,
-) -> Result<StageSpec, StageError> {
+) -> Result<(StageSpec, Vec<(String, HandedCheckout)>), StageError> {
     let scratch = std::path::absolute(env.store.scratch_dir(key).map_err(store_err)?)?;
     let out_dir = std::path::absolute(env.store.staging_dir("out").map_err(store_err)?)?;
     let mut input_dirs = BTreeMap::new();
+    let mut handed = Vec::with_capacity(inputs.len());
     for (name, id) in inputs {
         // A sealed checkout, checked against its seal (and rebuilt from the blobs if damaged).
-        let dir = env
+        let (dir, checkout) = env
             .store
-            .artifact_path(id)
+            .hand_over_checkout(id)
             .map_err(|e| StageError::msg(format!("input {name}: {e}")))?;
         input_dirs.insert(name.clone(), std::path::absolute(dir)?);
+        handed.push((name.clone(), checkout));
     }
-    Ok(StageSpec {
+    let spec = StageSpec {
         pipeline: env.resolved.pipeline.name.clone(),
         stage: stage.name.clone(),
         kind: stage.kind.clone(),
@@ -265,7 +268,8 @@ fn prepare_spec(
         seed: stage.seed,
         device: env.opts.device.clone(),
         threads: env.threads,
-    })
+    };
+    Ok((spec, handed))
 }
 
 /// The stage's log file, `logs/<run>/<stage>.log`, opened with its header line.

@@ -213,7 +213,7 @@ impl<'e> Scheduler<'e> {
                 break;
             }
             for (i, state) in executor.poll() {
-                self.finished(i, state);
+                self.finished(env, i, state)?;
             }
         }
         Ok(())
@@ -297,7 +297,23 @@ impl<'e> Scheduler<'e> {
     }
 
     /// Stage `i`'s executor reported `state`.
-    fn finished(&mut self, i: usize, state: StageState) {
+    fn finished(
+        &mut self,
+        env: &StageEnv<'_>,
+        i: usize,
+        state: StageState,
+    ) -> Result<(), RunError> {
+        let state = match state {
+            // Another run executed the key while this one waited for its lock: the result is
+            // still this pipeline stage's latest, which `rise show`, `rise status` and gc's
+            // roots go by (without it, gc deleted the result of a finished pipeline).
+            StageState::Reused { result, output } => {
+                let manifest = env.store.read_result(&result)?;
+                let result = adopt(env, &self.resolved.stages[i], result, manifest)?;
+                StageState::Reused { result, output }
+            }
+            other => other,
+        };
         self.running -= 1;
         if self.resolved.stages[i].execution.uses_gpu() {
             self.gpu_running -= 1;
@@ -309,6 +325,7 @@ impl<'e> Scheduler<'e> {
             }
         }
         self.states[i] = Some(state);
+        Ok(())
     }
 
     /// The selected stages' reports, in topological order.
