@@ -194,6 +194,16 @@ fn layout(tree: &Tree) -> BTreeMap<String, BTreeSet<String>> {
     dirs
 }
 
+/// Whether a file of `tree` under `dir` has other hard links. Sealing such a file would change
+/// the mode of a file outside the store (a stage may `ln` any file it can read into
+/// `$RISE_OUT`), and a checkout must own its inodes: such an output is not adopted; its
+/// checkout is made from the blobs instead.
+fn has_shared_inodes(dir: &Path, tree: &Tree) -> bool {
+    tree.entries
+        .iter()
+        .any(|e| fs::symlink_metadata(join(dir, &e.path)).map_or(true, |m| m.nlink() > 1))
+}
+
 fn join(dir: &Path, rel: &str) -> PathBuf {
     if rel.is_empty() {
         dir.to_path_buf()
@@ -645,7 +655,7 @@ impl Store {
     pub fn adopt_checkout(&self, id: &ArtifactId, dir: &Path) -> Result<PathBuf> {
         let dest = self.checkout_path(id);
         let tree = self.read_tree(id)?;
-        let adopted = fs::symlink_metadata(&dest).is_err() && {
+        let adopted = fs::symlink_metadata(&dest).is_err() && !has_shared_inodes(dir, &tree) && {
             let ins = inspect(dir, &tree, None, Hashing::Trusted);
             ins.damage.is_empty() && {
                 for (path, mode, _) in ins.loose.iter().filter(|(p, _, _)| p != dir) {
@@ -1053,6 +1063,36 @@ mod tests {
                 modes_fixed: 0
             },
             "the new stat was sealed"
+        );
+    }
+
+    #[test]
+    fn an_output_hard_linked_to_a_file_outside_is_copied_not_sealed_in_place() {
+        let (dir, s, _) = setup(FILES);
+        let outside = dir.0.path().join("secret");
+        fs::write(&outside, b"mine").unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+        let out = dir.0.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::hard_link(&outside, out.join("linked")).unwrap();
+        let id = s.put_tree(&out).unwrap();
+        let dest = s.adopt_checkout(&id, &out).unwrap();
+        assert_eq!(
+            mode(&outside),
+            0o600,
+            "the file outside the store keeps its mode"
+        );
+        assert_eq!(
+            fs::metadata(&outside).unwrap().nlink(),
+            1,
+            "no link into the store"
+        );
+        let co = s.artifact_path(&id).unwrap();
+        assert_eq!(co, dest);
+        assert_eq!(fs::read(co.join("linked")).unwrap(), b"mine");
+        assert_ne!(
+            fs::metadata(co.join("linked")).unwrap().ino(),
+            fs::metadata(&outside).unwrap().ino()
         );
     }
 
