@@ -234,3 +234,166 @@ fn generate_into_a_reader_that_stops_early_ends_quietly() {
         "{err}"
     );
 }
+
+/// The sampler's batch (prompts × n rows of prompt + max_new_tokens tokens) is checked
+/// against the machine before its KV cache is allocated: `--n 100000000` on a tiny model
+/// asked libtorch for 300 GB and panicked.
+#[test]
+fn generate_refuses_a_batch_whose_kv_cache_cannot_fit_naming_n_and_max_new_tokens() {
+    check_worker();
+    let env = Env::new();
+    let model = support::model::fixture("llama");
+    let model = model.to_str().unwrap();
+    for (n, max_new, want) in [
+        // The issue's case: a few hundred GB, more than half of any test machine.
+        (
+            "100000000",
+            "3",
+            "sampling 1 prompt(s) × n 100000000 = 100000000 rows",
+        ),
+        // Past 64 bits: checked, not wrapped to a small capacity.
+        (
+            "1",
+            "18446744073709551615",
+            "more than libtorch can address",
+        ),
+    ] {
+        let out = env.run(&[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "hi",
+            "--n",
+            n,
+            "--max-new-tokens",
+            max_new,
+        ]);
+        assert_clean_failure(&out, n);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        for want in [
+            &format!("--n {n} samples for each of 1 --prompt(s), --max-new-tokens {max_new}")[..],
+            want,
+            "the KV cache",
+            "num_hidden_layers 2",
+            "Lower n, max_new_tokens or the prompts per batch",
+        ] {
+            assert!(err.contains(want), "`{want}` missing:\n{err}");
+        }
+    }
+}
+
+/// `score` checks every batch's logits (sequences × length × vocabulary) before scoring any.
+#[test]
+fn score_refuses_a_batch_whose_logits_cannot_fit() {
+    check_worker();
+    let env = Env::new();
+    let model = support::model::fixture("llama");
+    // Thirty million tokens in one sequence: 77 GB of float32 logits at vocabulary 320, and
+    // 35 GB of MLP activations, more than half of any machine these tests run on.
+    let ids = vec!["1"; 30_000_000].join(",");
+    env.write("long.jsonl", &format!("{{\"tokens\": [{ids}]}}\n"));
+    let out = env.run(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--jsonl",
+        "long.jsonl",
+    ]);
+    assert_clean_failure(&out, "score");
+    let err = stderr(&out);
+    for want in [
+        "--batch-size 16: a batch of 1 sequence(s), the longest 30000000 tokens",
+        "scoring 1 sequence(s) of up to 30000000 tokens needs at least",
+        "vocab_size 320",
+    ] {
+        assert!(err.contains(want), "`{want}` missing:\n{err}");
+    }
+}
+
+/// The stages sample through the same check: `evaluate` with 4096 prompts per batch × 64
+/// parallel samples × 32768 new tokens is refused naming its params, and commits nothing.
+#[test]
+fn a_sampling_stage_refuses_a_batch_that_cannot_fit_naming_its_params() {
+    check_worker();
+    let env = Env::new();
+    let model = support::model::fixture("qwen2");
+    let p = env.write(
+        "e.toml",
+        &format!(
+            "{}[stage.test_set]\nkind = \"dataset\"\nparams = {{ source = \"synthetic\", \
+             split = \"test\", synthetic = {{ n_train = 1, n_test = 4096 }} }}\n\n\
+             [stage.base]\nkind = \"model\"\nparams = {{ hf_dir = {:?} }}\n\n\
+             [stage.eval]\nkind = \"evaluate\"\ninputs = {{ model = \"base\", data = \"test_set\" }}\n\
+             params = {{ parallel = 64, turns = 1, max_new_tokens = 32768, batch_size = 4096 }}\n",
+            header("e"),
+            model.display().to_string()
+        ),
+    );
+    let out = env.run(&["run", p.to_str().unwrap(), "--quiet", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let log = stage_logs(&env.store(), "eval");
+    for want in [
+        "stage eval: sampling params.batch_size = 4096 prompts per batch (this one has 4096), 64 samples each",
+        "params.max_new_tokens = 32768",
+        "sampling 4096 prompt(s) × n 64 = 262144 rows",
+        "the KV cache",
+    ] {
+        assert!(log.contains(want), "`{want}` missing:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// config.json errors name the field once: a JSON float where a count belongs, an epsilon
+/// that would flatten every norm, a context longer than any model's.
+#[test]
+fn config_values_are_named_when_refused() {
+    check_worker();
+    let env = Env::new();
+    let with = |extra: &str| {
+        format!(
+            r#"{{"vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, {extra}}}"#
+        )
+    };
+    let cases = [
+        (
+            r#"{"vocab_size": 1e12, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4}"#
+                .to_string(),
+            "field `vocab_size`: 1e12 is a floating-point number; write the count as a JSON integer (1000000000000)",
+        ),
+        (
+            with(r#""rms_norm_eps": 1e308"#),
+            "field `rms_norm_eps`: 1e308 must be less than 1",
+        ),
+        (
+            with(r#""max_position_embeddings": 1000000000000000000"#),
+            "field `max_position_embeddings`: 1000000000000000000 positions is more than",
+        ),
+        (
+            with(r#""max_position_embeddings": 1e18"#),
+            "field `max_position_embeddings`: 1e18 is a floating-point number",
+        ),
+    ];
+    for (i, (config, want)) in cases.iter().enumerate() {
+        let dir = model_dir(&env, &format!("c{i}"), config);
+        let out = env.run(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ]);
+        assert_clean_failure(&out, want);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("c{i}/config.json: {want}")),
+            "`{want}`:\n{err}"
+        );
+        // The cause is said once, not again by an error chain.
+        let cause = want.split(": ").nth(1).unwrap();
+        assert_eq!(err.matches(cause).count(), 1, "repeated:\n{err}");
+    }
+}

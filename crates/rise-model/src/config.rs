@@ -5,27 +5,36 @@
 //! `rope_theta` + `rope_scaling`, and the newer `rope_parameters` dict of transformers 5.
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Errors reading or validating a `config.json`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    // The causes below are fields named `cause`, not `source`: the message already includes
+    // them, and a `source` would print them twice in an error chain (`{:#}`).
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    /// The JSON is malformed or a field has the wrong type (serde names line and column).
-    #[error("{path}: {source}")]
+    /// The text is not JSON (serde names line and column).
+    #[error("{path}: {cause}")]
     Json {
         /// The file.
         path: PathBuf,
         /// The cause, with line and column.
-        source: serde_json::Error,
+        cause: serde_json::Error,
+    },
+    /// The JSON is not an object of settings (an array, a number, ...).
+    #[error("{path}: expected a JSON object of model settings, found {found}")]
+    NotAnObject {
+        /// The file.
+        path: PathBuf,
+        /// What the top-level value is: `an array`, `a string`, ...
+        found: &'static str,
     },
     /// A field is present and well-typed but its value is not supported or inconsistent.
     #[error("{path}: field `{field}`: {message}")]
@@ -124,7 +133,6 @@ pub struct LlamaConfig {
 }
 
 /// The raw JSON fields we read; unknown fields are ignored because real configs carry many.
-#[derive(Deserialize)]
 struct Raw {
     model_type: Option<String>,
     vocab_size: usize,
@@ -153,6 +161,174 @@ struct Raw {
     partial_rotary_factor: Option<f64>,
 }
 
+/// The top-level object of a config, read one field at a time so that a wrong type is an
+/// error naming its field (serde's derive names only line and column, and the workspace has
+/// no serde_path_to_error). An absent field and `null` both mean "not set", as in HF.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    origin: &'a Path,
+}
+
+impl Fields<'_> {
+    fn invalid(&self, field: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_path_buf(),
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    fn get(&self, field: &str) -> Option<&Value> {
+        self.map.get(field).filter(|v| !v.is_null())
+    }
+
+    fn count(&self, field: &str) -> Result<Option<usize>, ConfigError> {
+        self.get(field)
+            .map(|v| count_value(v).map_err(|m| self.invalid(field, m)))
+            .transpose()
+    }
+
+    fn required_count(&self, field: &str) -> Result<usize, ConfigError> {
+        self.count(field)?.ok_or_else(|| {
+            self.invalid(
+                field,
+                "is missing; every Llama-family config.json sets it".into(),
+            )
+        })
+    }
+
+    fn number(&self, field: &str) -> Result<Option<f64>, ConfigError> {
+        self.get(field)
+            .map(|v| {
+                v.as_f64().ok_or_else(|| {
+                    self.invalid(field, format!("expected a number, found {}", describe(v)))
+                })
+            })
+            .transpose()
+    }
+
+    fn string(&self, field: &str) -> Result<Option<String>, ConfigError> {
+        self.get(field)
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    self.invalid(field, format!("expected a string, found {}", describe(v)))
+                })
+            })
+            .transpose()
+    }
+
+    fn flag(&self, field: &str) -> Result<Option<bool>, ConfigError> {
+        self.get(field)
+            .map(|v| {
+                v.as_bool().ok_or_else(|| {
+                    self.invalid(
+                        field,
+                        format!("expected true or false, found {}", describe(v)),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    fn raw(&self, field: &str) -> Option<Value> {
+        self.get(field).cloned()
+    }
+}
+
+impl Raw {
+    fn read(f: &Fields<'_>) -> Result<Raw, ConfigError> {
+        Ok(Raw {
+            model_type: f.string("model_type")?,
+            vocab_size: f.required_count("vocab_size")?,
+            hidden_size: f.required_count("hidden_size")?,
+            intermediate_size: f.required_count("intermediate_size")?,
+            num_hidden_layers: f.required_count("num_hidden_layers")?,
+            num_attention_heads: f.required_count("num_attention_heads")?,
+            num_key_value_heads: f.count("num_key_value_heads")?,
+            head_dim: f.count("head_dim")?,
+            max_position_embeddings: f.count("max_position_embeddings")?,
+            rms_norm_eps: f.number("rms_norm_eps")?,
+            rope_theta: f.number("rope_theta")?,
+            rope_scaling: f.raw("rope_scaling"),
+            rope_parameters: f.raw("rope_parameters"),
+            tie_word_embeddings: f.flag("tie_word_embeddings")?,
+            attention_bias: f.flag("attention_bias")?,
+            mlp_bias: f.flag("mlp_bias")?,
+            hidden_act: f.string("hidden_act")?,
+            bos_token_id: f.raw("bos_token_id"),
+            eos_token_id: f.raw("eos_token_id"),
+            pad_token_id: f.raw("pad_token_id"),
+            sliding_window: f.raw("sliding_window"),
+            use_sliding_window: f.flag("use_sliding_window")?,
+            torch_dtype: f.string("torch_dtype")?,
+            dtype: f.string("dtype")?,
+            partial_rotary_factor: f.number("partial_rotary_factor")?,
+        })
+    }
+}
+
+/// A JSON value as a count (a size, a number of layers or positions): a JSON integer that fits
+/// `usize`. `64.0` or `1e12` is refused rather than rounded: transformers writes counts as
+/// integers, so a float there is a hand edit that may not mean what it says.
+fn count_value(v: &Value) -> Result<usize, String> {
+    let Value::Number(n) = v else {
+        return Err(format!(
+            "expected a non-negative integer, found {}",
+            describe(v)
+        ));
+    };
+    if let Some(u) = n.as_u64() {
+        return usize::try_from(u).map_err(|_| format!("{u} does not fit this machine's usize"));
+    }
+    if let Some(i) = n.as_i64() {
+        return Err(format!("{i} is negative; expected a non-negative integer"));
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    // `64.0` as written, `1e12` rather than its digits.
+    let shown = if f.fract() == 0.0 && f.abs() < 1e6 {
+        format!("{f:.1}")
+    } else {
+        show(f)
+    };
+    // serde_json reads an integer literal past u64::MAX as a float, too.
+    if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+        Err(format!(
+            "{shown} is a floating-point number; write the count as a JSON integer ({f:.0})"
+        ))
+    } else if f.fract() == 0.0 && f > 0.0 {
+        Err(format!("{shown} does not fit in 64 bits"))
+    } else {
+        Err(format!("{shown} is not a non-negative integer"))
+    }
+}
+
+/// A float as a person would write it in config.json: `1e308` rather than its 309 digits.
+fn show(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// `a string "x"`, `an array`: what a JSON value is, for errors.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// Most positions a config may declare (`max_position_embeddings`, the rope scaling's
+/// `original_max_position_embeddings`, `sliding_window`): 2^31. The longest contexts released
+/// models declare are around 10^7; a larger number is a typo or an attack, and would size every
+/// position-indexed buffer (training truncation, the sampler's window) absurdly.
+pub const MAX_POSITIONS: usize = 1 << 31;
+
 impl LlamaConfig {
     /// Reads `config.json` from a model directory (or the file itself).
     pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
@@ -161,19 +337,33 @@ impl LlamaConfig {
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(&file).map_err(|cause| ConfigError::Io {
             path: file.clone(),
-            source,
+            cause,
         })?;
         Self::from_json_str(&text, &file)
     }
 
     /// Parses config JSON text; `origin` names the file in errors.
     pub fn from_json_str(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let raw: Raw = serde_json::from_str(text).map_err(|source| ConfigError::Json {
+        // JSON syntax first (serde names line and column), then each field by name.
+        let value: Value = serde_json::from_str(text).map_err(|cause| ConfigError::Json {
             path: origin.to_path_buf(),
-            source,
+            cause,
         })?;
+        let Value::Object(map) = &value else {
+            return Err(ConfigError::NotAnObject {
+                path: origin.to_path_buf(),
+                found: match value {
+                    Value::Array(_) => "an array",
+                    Value::String(_) => "a string",
+                    Value::Number(_) => "a number",
+                    Value::Bool(_) => "a boolean",
+                    _ => "null",
+                },
+            });
+        };
+        let raw = Raw::read(&Fields { map, origin })?;
         Self::from_raw(raw, origin)
     }
 
@@ -252,12 +442,22 @@ impl LlamaConfig {
             ));
         }
         let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
-        if max_position_embeddings == 0 {
-            return Err(invalid(
-                "max_position_embeddings",
-                "must be positive".into(),
-            ));
-        }
+        let positions = |field: &str, n: usize| -> Result<usize, ConfigError> {
+            if n == 0 {
+                Err(invalid(field, "must be positive".into()))
+            } else if n > MAX_POSITIONS {
+                Err(invalid(
+                    field,
+                    format!(
+                        "{n} positions is more than the {MAX_POSITIONS} (2^31) rise accepts; \
+                         released models declare at most about 10^7"
+                    ),
+                ))
+            } else {
+                Ok(n)
+            }
+        };
+        positions("max_position_embeddings", max_position_embeddings)?;
 
         // The newer `rope_parameters` wins; it may also carry `rope_theta` itself.
         let (rope_field, rope_value) = match (&raw.rope_parameters, &raw.rope_scaling) {
@@ -302,12 +502,12 @@ impl LlamaConfig {
                         original_max_position_embeddings: match map
                             .get("original_max_position_embeddings")
                         {
-                            Some(v) => v.as_u64().ok_or_else(|| {
-                                invalid(
-                                    &format!("{rope_field}.original_max_position_embeddings"),
-                                    "must be a positive integer".into(),
-                                )
-                            })? as usize,
+                            Some(v) => {
+                                let field =
+                                    format!("{rope_field}.original_max_position_embeddings");
+                                let n = count_value(v).map_err(|m| invalid(&field, m))?;
+                                positions(&field, n)?
+                            }
                             None => max_position_embeddings,
                         },
                     },
@@ -329,7 +529,7 @@ impl LlamaConfig {
             } else {
                 Err(invalid(
                     &field,
-                    format!("{v} must be a positive, finite number"),
+                    format!("{} must be a positive, finite number", show(v)),
                 ))
             }
         };
@@ -380,6 +580,18 @@ impl LlamaConfig {
         positive(theta_field.to_string(), rope_theta)?;
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         positive("rms_norm_eps".to_string(), rms_norm_eps)?;
+        // The epsilon only keeps RMSNorm off a zero divisor (1e-6 or 1e-5 in every released
+        // model); one of 1 or more swamps the mean square of activations of ordinary size
+        // and silently flattens every norm.
+        if rms_norm_eps >= 1.0 {
+            return Err(invalid(
+                "rms_norm_eps",
+                format!(
+                    "{} must be less than 1 (models use 1e-6 or 1e-5)",
+                    show(rms_norm_eps)
+                ),
+            ));
+        }
 
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let qkv_bias = attention_bias || model_type == "qwen2";
@@ -411,8 +623,11 @@ impl LlamaConfig {
                 ))
             }
             ("qwen2", _, _) => None,
-            (_, _, Some(Value::Number(n))) => n.as_u64().map(|n| n as usize),
-            _ => None,
+            (_, _, Some(v)) => {
+                let n = count_value(v).map_err(|m| invalid("sliding_window", m))?;
+                Some(positions("sliding_window", n)?)
+            }
+            (_, _, None) => None,
         };
         let cfg = LlamaConfig {
             model_type,
@@ -577,7 +792,7 @@ impl LlamaConfig {
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
         let path = dir.join("config.json");
         let text = serde_json::to_string_pretty(&self.to_hf_json()).expect("config serializes");
-        std::fs::write(&path, text + "\n").map_err(|source| ConfigError::Io { path, source })
+        std::fs::write(&path, text + "\n").map_err(|cause| ConfigError::Io { path, cause })
     }
 
     /// Query heads per key/value head.
@@ -742,6 +957,148 @@ impl LlamaConfig {
         }
         Ok(size)
     }
+
+    /// Refuses, before anything is allocated, a sampling batch this process cannot hold: the
+    /// KV cache of every row (`prompts × samples`, each up to the longest prompt plus
+    /// `max_new_tokens` tokens), the rows' logits and probabilities, and the per-row state on
+    /// the host. Every caller of the sampler goes through this, so `--n 100000000` is an
+    /// error naming `n`, `max_new_tokens` and the prompts, not a libtorch panic.
+    ///
+    /// `activations` is the compute dtype and device (see `checkpoint::placement`). What lives
+    /// in host memory must fit `budget.host_bytes`, the same half of the machine the weights
+    /// may take (activations are the other half's business, see [`HOST_MEMORY_DIVISOR`]).
+    /// On an accelerator only the host part is checked here: its memory is not known to this
+    /// crate, and an allocation there that fails is a libtorch error.
+    pub fn check_sampling(
+        &self,
+        shape: &SamplingShape,
+        activations: WeightPlacement,
+        budget: &MemoryBudget,
+    ) -> Result<BatchMemory, BatchTooLarge> {
+        let b = shape.prompts as u128;
+        let rows = b.saturating_mul(shape.samples as u128);
+        let m = shape.max_new_tokens as u128;
+        let capacity = (shape.longest_prompt as u128).saturating_add(m);
+        let e = u128::from(activations.bytes_per_param);
+        let cache_row = prod(&[
+            2,
+            self.num_hidden_layers as u128,
+            self.num_key_value_heads as u128,
+            capacity,
+            self.head_dim as u128,
+            e,
+        ]);
+        // The prefill fills a cache of `prompts` rows, which is then copied out to every
+        // sample: for a moment both exist.
+        let cache_rows = if shape.samples > 1 {
+            rows.saturating_add(b)
+        } else {
+            rows
+        };
+        let parts = [
+            BatchPart {
+                name: "the KV cache",
+                bytes: cache_row.saturating_mul(cache_rows),
+                formula: format!(
+                    "2 × num_hidden_layers {} × {cache_rows} rows{} × num_key_value_heads {} × \
+                     {capacity} tokens × head_dim {} × {e} bytes of {}",
+                    self.num_hidden_layers,
+                    if shape.samples > 1 {
+                        " (with the prefill's)"
+                    } else {
+                        ""
+                    },
+                    self.num_key_value_heads,
+                    self.head_dim,
+                    activations.dtype
+                ),
+                on_host: activations.on_host,
+            },
+            BatchPart {
+                name: "the logits",
+                bytes: prod(&[rows, self.vocab_size as u128, 8]),
+                formula: format!(
+                    "{rows} rows × vocab_size {} × 8 bytes: float32 logits and probabilities",
+                    self.vocab_size
+                ),
+                on_host: activations.on_host,
+            },
+            BatchPart {
+                name: "the attention mask",
+                bytes: prod(&[rows, capacity, 8]),
+                formula: format!("{rows} rows × {capacity} tokens × 8 bytes"),
+                on_host: activations.on_host,
+            },
+            BatchPart {
+                name: "the rows' state",
+                bytes: rows.saturating_mul(
+                    u128::from(SAMPLER_ROW_BYTES).saturating_add(m.saturating_mul(8)),
+                ),
+                formula: format!(
+                    "{rows} rows × ({SAMPLER_ROW_BYTES} + max_new_tokens {m} × 8 bytes for \
+                     the tokens and their text)"
+                ),
+                on_host: true,
+            },
+        ];
+        let what = format!(
+            "sampling {b} prompt(s) × n {} = {rows} rows of up to {capacity} tokens (the \
+             longest prompt, {}, + max_new_tokens {m})",
+            shape.samples, shape.longest_prompt
+        );
+        // libtorch sizes are signed 64-bit: a cache dimension past that cannot even be asked.
+        check_batch(
+            &what,
+            &parts,
+            capacity.max(rows),
+            budget,
+            "Lower n, max_new_tokens or the prompts per batch",
+        )
+    }
+
+    /// Refuses, before anything is allocated, a scoring batch (`sequences` right-padded to
+    /// `longest` tokens) whose logits this process cannot hold; see
+    /// [`LlamaConfig::check_sampling`] for the budget.
+    pub fn check_scoring(
+        &self,
+        sequences: usize,
+        longest: usize,
+        activations: WeightPlacement,
+        budget: &MemoryBudget,
+    ) -> Result<BatchMemory, BatchTooLarge> {
+        let b = sequences as u128;
+        let t = longest as u128;
+        let e = u128::from(activations.bytes_per_param);
+        let parts = [
+            BatchPart {
+                name: "the logits",
+                bytes: prod(&[b, t.saturating_sub(1), self.vocab_size as u128, 8]),
+                formula: format!(
+                    "{b} sequences × {} positions × vocab_size {} × 8 bytes: float32 logits \
+                     and log-probabilities",
+                    t.saturating_sub(1),
+                    self.vocab_size
+                ),
+                on_host: activations.on_host,
+            },
+            BatchPart {
+                name: "the MLP activations",
+                bytes: prod(&[b, t, self.intermediate_size as u128, 3, e]),
+                formula: format!(
+                    "{b} sequences × {t} tokens × intermediate_size {} × 3 × {e} bytes of {}",
+                    self.intermediate_size, activations.dtype
+                ),
+                on_host: activations.on_host,
+            },
+        ];
+        check_batch(
+            &format!("scoring {b} sequence(s) of up to {t} tokens"),
+            &parts,
+            b.max(t),
+            budget,
+            "Score fewer or shorter sequences per batch",
+        )
+    }
 }
 
 /// Most parameters any config may describe: every size libtorch sees is a signed 64-bit
@@ -883,6 +1240,117 @@ pub struct WeightPlacement {
     pub bytes_per_param: u64,
     /// Whether the weights are in host memory (CPU) rather than on an accelerator.
     pub on_host: bool,
+}
+
+/// Host memory one sampled row costs besides its tokens: its random stream, bookkeeping and
+/// the per-step vectors of ids, positions and draws (about 200 bytes, rounded up).
+pub const SAMPLER_ROW_BYTES: u64 = 256;
+
+/// One call of the sampler, as [`LlamaConfig::check_sampling`] sizes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SamplingShape {
+    /// Prompts in the batch.
+    pub prompts: usize,
+    /// Samples per prompt (`n`): every sample is a row of the KV cache.
+    pub samples: usize,
+    /// Tokens of the longest prompt (the others are left-padded to it).
+    pub longest_prompt: usize,
+    /// Most new tokens per sample.
+    pub max_new_tokens: usize,
+}
+
+/// Bytes a sampling or scoring batch needs at least, by where they live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchMemory {
+    /// In host memory (everything, on the CPU).
+    pub host: u128,
+    /// On the accelerator (0 on the CPU).
+    pub device: u128,
+}
+
+/// A sampling or scoring batch that does not fit, refused before anything is allocated. The
+/// message lists what it needs by part, with the numbers and settings behind each, and the
+/// limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BatchTooLarge {
+    /// What is too large, by how much, and what to lower.
+    pub message: String,
+    /// What the batch needs.
+    pub need: BatchMemory,
+}
+
+/// One named allocation of a batch, for messages.
+struct BatchPart {
+    name: &'static str,
+    bytes: u128,
+    formula: String,
+    on_host: bool,
+}
+
+/// The product, saturating: an absurd request stays absurd instead of wrapping to a small one.
+fn prod(factors: &[u128]) -> u128 {
+    factors.iter().fold(1u128, |acc, &f| acc.saturating_mul(f))
+}
+
+/// Sums `parts` by place and refuses them when the host part exceeds the budget, or any
+/// count or size is past what libtorch's signed 64-bit sizes can express. `largest_dim` is
+/// the largest single dimension any tensor of the batch has.
+fn check_batch(
+    what: &str,
+    parts: &[BatchPart],
+    largest_dim: u128,
+    budget: &MemoryBudget,
+    advice: &str,
+) -> Result<BatchMemory, BatchTooLarge> {
+    let mut need = BatchMemory::default();
+    for p in parts {
+        let place = if p.on_host {
+            &mut need.host
+        } else {
+            &mut need.device
+        };
+        *place = place.saturating_add(p.bytes);
+    }
+    let listing = |only_host: bool| -> String {
+        parts
+            .iter()
+            .filter(|p| p.on_host || !only_host)
+            .map(|p| format!("{} {} ({})", p.name, human_bytes(p.bytes), p.formula))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let limit = i64::MAX as u128;
+    if largest_dim > limit || parts.iter().any(|p| p.bytes > limit) {
+        return Err(BatchTooLarge {
+            message: format!(
+                "{what} needs more than libtorch can address: {}. {advice}",
+                listing(false)
+            ),
+            need,
+        });
+    }
+    if let Some(host_limit) = budget.host_bytes {
+        if need.host > u128::from(host_limit) {
+            let place = if need.device == 0 {
+                ""
+            } else {
+                " of host memory"
+            };
+            return Err(BatchTooLarge {
+                message: format!(
+                    "{what} needs at least {}{place}: {}; this process may use at most {} \
+                     for them ({}). {advice}",
+                    human_bytes(need.host),
+                    listing(need.device != 0),
+                    human_bytes(u128::from(host_limit)),
+                    budget.host_source
+                ),
+                need,
+            });
+        }
+    }
+    Ok(need)
 }
 
 /// What one process may allocate for a model.
@@ -1097,7 +1565,100 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("rope_scaling.rope_type"), "{e}");
         let e = parse(r#"{"vocab_size": "x"}"#).unwrap_err();
+        assert!(e.to_string().contains("field `vocab_size`"), "{e}");
+        // Malformed JSON has no field to name: serde's line and column instead.
+        let e = parse(r#"{"vocab_size": 1,"#).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
+        let e = parse("[1, 2]").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config.json: expected a JSON object of model settings, found an array"
+        );
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_named_once() {
+        let cases = [
+            (
+                r#""vocab_size": 1e12"#,
+                "field `vocab_size`: 1e12 is a floating-point number; write the count as a JSON integer (1000000000000)",
+            ),
+            (r#""hidden_size": 64.0"#, "field `hidden_size`: 64.0 is a floating-point"),
+            (r#""num_hidden_layers": -2"#, "field `num_hidden_layers`: -2 is negative"),
+            (r#""head_dim": 8.5"#, "field `head_dim`: 8.5 is not a non-negative integer"),
+            (
+                r#""max_position_embeddings": 100000000000000000000"#,
+                "field `max_position_embeddings`: 1e20 does not fit in 64 bits",
+            ),
+            (r#""rms_norm_eps": "small""#, "field `rms_norm_eps`: expected a number"),
+            (r#""tie_word_embeddings": 1"#, "field `tie_word_embeddings`: expected true or false"),
+            (r#""model_type": 3"#, "field `model_type`: expected a string"),
+            (r#""sliding_window": 4096.0"#, "field `sliding_window`: 4096.0 is a floating-point"),
+        ];
+        for (extra, want) in cases {
+            // The field replaces BASE's when both are given: JSON objects keep the last.
+            let e = parse(&format!("{{{BASE}, {extra}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("config.json: {want}")),
+                "{extra}: {e}"
+            );
+            let first = want.split(": ").nth(1).unwrap();
+            assert_eq!(e.matches(first).count(), 1, "repeated: {e}");
+        }
+        let e = parse(r#"{"hidden_size": 64}"#).unwrap_err().to_string();
+        assert!(e.contains("field `vocab_size`: is missing"), "{e}");
+        // Null is "not set", as transformers reads it.
+        assert_eq!(
+            parse(&format!(
+                r#"{{{BASE}, "head_dim": null, "sliding_window": null}}"#
+            ))
+            .unwrap()
+            .head_dim,
+            16
+        );
+    }
+
+    #[test]
+    fn epsilons_and_positions_are_bounded_naming_the_field() {
+        let cases = [
+            (r#""rms_norm_eps": 1e308"#, "field `rms_norm_eps`: 1e308 must be less than 1"),
+            (r#""rms_norm_eps": 1.0"#, "field `rms_norm_eps`: 1 must be less than 1"),
+            (
+                r#""max_position_embeddings": 1000000000000000000"#,
+                "field `max_position_embeddings`: 1000000000000000000 positions is more than the 2147483648 (2^31)",
+            ),
+            (
+                r#""max_position_embeddings": 1e18"#,
+                "field `max_position_embeddings`: 1e18 is a floating-point number",
+            ),
+            (
+                r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4294967296}"#,
+                "field `rope_scaling.original_max_position_embeddings`: 4294967296 positions",
+            ),
+            (
+                r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64.5}"#,
+                "field `rope_scaling.original_max_position_embeddings`: 64.5 is not",
+            ),
+            (r#""sliding_window": 0"#, "field `sliding_window`: must be positive"),
+            (r#""sliding_window": 4294967296"#, "field `sliding_window`: 4294967296 positions"),
+        ];
+        for (extra, want) in cases {
+            let e = parse(&format!("{{{BASE}, {extra}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("config.json: {want}")),
+                "{extra}: {e}"
+            );
+        }
+        // The largest accepted values pass.
+        let c = parse(&format!(
+            r#"{{{BASE}, "rms_norm_eps": 0.5, "max_position_embeddings": 2147483648}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.max_position_embeddings, MAX_POSITIONS);
     }
 
     #[test]
@@ -1319,6 +1880,123 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line"), "{e}");
+    }
+
+    const SMOLLM2: &str = r#"{"vocab_size": 49152, "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "tie_word_embeddings": true}"#;
+
+    fn shape(prompts: usize, samples: usize, max_new_tokens: usize) -> SamplingShape {
+        SamplingShape {
+            prompts,
+            samples,
+            longest_prompt: 1,
+            max_new_tokens,
+        }
+    }
+
+    #[test]
+    fn a_sampling_batch_past_the_budget_is_refused_naming_its_settings() {
+        let c = parse(SMOLLM2).unwrap();
+        // The issue's `--n 100000000 --max-new-tokens 3`: 300 GB per cache layer.
+        let e = c
+            .check_sampling(
+                &shape(1, 100_000_000, 3),
+                F32_ON_HOST,
+                &budget(Some(12 << 30), None),
+            )
+            .unwrap_err();
+        let m = e.to_string();
+        for want in [
+            "sampling 1 prompt(s) × n 100000000 = 100000000 rows of up to 4 tokens (the longest prompt, 1, + max_new_tokens 3) needs at least ",
+            "the KV cache 16.8 TiB (2 × num_hidden_layers 30 × 100000001 rows (with the prefill's) × num_key_value_heads 3 × 4 tokens × head_dim 64 × 4 bytes of float32)",
+            "the logits 35.8 TiB (100000000 rows × vocab_size 49152 × 8 bytes",
+            "at most 12.0 GiB for them (half of a test machine)",
+            "Lower n, max_new_tokens or the prompts per batch",
+        ] {
+            assert!(m.contains(want), "`{want}` missing from: {m}");
+        }
+        assert!(
+            e.need.host > 300_000_000_000 && e.need.device == 0,
+            "{:?}",
+            e.need
+        );
+        // What the CPU pipelines sample fits easily.
+        let need = c
+            .check_sampling(
+                &shape(50, 5, 40),
+                F32_ON_HOST,
+                &budget(Some(12 << 30), None),
+            )
+            .unwrap();
+        assert!(need.host < 1 << 30, "{need:?}");
+    }
+
+    #[test]
+    fn on_an_accelerator_only_host_state_meets_the_host_budget() {
+        let c = parse(SMOLLM2).unwrap();
+        let gpu = WeightPlacement {
+            dtype: "bfloat16",
+            bytes_per_param: 2,
+            on_host: false,
+        };
+        let need = c
+            .check_sampling(&shape(64, 16, 1024), gpu, &budget(Some(12 << 30), None))
+            .unwrap();
+        assert!(need.device > need.host && need.host > 0, "{need:?}");
+        // Per-row host state still counts: 10^9 rows of 1000 tokens' bookkeeping.
+        let e = c
+            .check_sampling(
+                &shape(1, 1_000_000_000, 1000),
+                gpu,
+                &budget(Some(12 << 30), None),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("of host memory: the rows' state") && !e.contains("the KV cache"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_past_64_bits_are_refused_without_overflow_even_with_no_budget() {
+        let c = parse(SMOLLM2).unwrap();
+        for s in [
+            shape(1, 1, usize::MAX),
+            shape(usize::MAX, usize::MAX, usize::MAX),
+            shape(1, usize::MAX, 1),
+        ] {
+            let e = c
+                .check_sampling(&s, F32_ON_HOST, &MemoryBudget::unlimited())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("more than libtorch can address"), "{e}");
+        }
+        let e = c
+            .check_scoring(usize::MAX, 2, F32_ON_HOST, &MemoryBudget::unlimited())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than libtorch can address"), "{e}");
+    }
+
+    #[test]
+    fn a_scoring_batch_counts_its_logits() {
+        let c = parse(SMOLLM2).unwrap();
+        assert!(c
+            .check_scoring(16, 512, F32_ON_HOST, &budget(Some(12 << 30), None))
+            .is_ok());
+        // One sequence of a million tokens: 393 GB of logits.
+        let e = c
+            .check_scoring(1, 1_000_000, F32_ON_HOST, &budget(Some(12 << 30), None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("scoring 1 sequence(s) of up to 1000000 tokens needs at least")
+                && e.contains("vocab_size 49152")
+                && e.contains("Score fewer or shorter sequences per batch"),
+            "{e}"
+        );
     }
 
     #[test]

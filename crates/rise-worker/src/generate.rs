@@ -3,6 +3,8 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use rise_data::conversation::{ChatTemplate, Message, Role, TokenizeText};
+use rise_model::checkpoint;
+use rise_model::config::SamplingShape;
 use rise_model::sampler::{self, SamplingParams};
 
 use crate::model_opts::ModelOpts;
@@ -126,7 +128,25 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(w, "=== completion ===")?;
         w.flush()?;
     }
-    let (_, model, device) = args.model.load()?;
+    let (cfg, model, device) = args.model.load()?;
+    // Every prompt's n samples share one batch: refuse one whose KV cache and logits cannot
+    // fit before the sampler allocates them (libtorch would panic).
+    let shape = SamplingShape {
+        prompts: prompts.len(),
+        samples: args.n,
+        longest_prompt: prompts.iter().map(Vec::len).max().unwrap_or(0),
+        max_new_tokens: args.max_new_tokens,
+    };
+    let placement = checkpoint::placement(device, model.compute_kind());
+    cfg.check_sampling(&shape, placement, &args.model.budget())
+        .with_context(|| {
+            format!(
+                "--n {} samples for each of {} --prompt(s), --max-new-tokens {}, in one batch",
+                args.n,
+                prompts.len(),
+                args.max_new_tokens
+            )
+        })?;
     let params = SamplingParams {
         n: args.n,
         temperature: args.temperature,

@@ -72,10 +72,15 @@ impl ModelOpts {
         }
         let device = self.device()?;
         let kind = self.kind(device)?;
-        let budget = MemoryBudget::of_this_machine().with_max_params(self.max_params);
-        let (cfg, model) = checkpoint::load_within(&self.model, device, kind, &budget)
+        let (cfg, model) = checkpoint::load_within(&self.model, device, kind, &self.budget())
             .with_context(|| format!("loading model {}", self.model.display()))?;
         Ok((cfg, model, device))
+    }
+
+    /// What this process may allocate: half of the machine's memory, and `--max-params`.
+    /// Loading checks the weights against it; `generate` and `score` check their batches.
+    pub fn budget(&self) -> MemoryBudget {
+        MemoryBudget::of_this_machine().with_max_params(self.max_params)
     }
 
     /// The tokenizer next to the weights.

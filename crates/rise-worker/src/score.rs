@@ -3,6 +3,7 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use rise_model::checkpoint;
 use rise_model::score::score_batch;
 use rise_model::tokenizer::Tokenizer;
 use serde::Deserialize;
@@ -91,6 +92,21 @@ pub fn run(args: Args) -> Result<()> {
     // Similar lengths share a batch, so little compute goes to padding; output keeps input order.
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].len());
+    // Every batch is checked before any is scored: its logits (sequences × length ×
+    // vocabulary) must fit, or libtorch would panic mid-way.
+    let placement = checkpoint::placement(device, model.compute_kind());
+    let budget = args.model.budget();
+    for chunk in order.chunks(args.batch_size) {
+        let longest = chunk.iter().map(|&i| seqs[i].len()).max().unwrap_or(0);
+        cfg.check_scoring(chunk.len(), longest, placement, &budget)
+            .with_context(|| {
+                format!(
+                    "--batch-size {}: a batch of {} sequence(s), the longest {longest} tokens",
+                    args.batch_size,
+                    chunk.len()
+                )
+            })?;
+    }
     let mut results = vec![(0.0, 0); seqs.len()];
     for chunk in order.chunks(args.batch_size) {
         let batch: Vec<&[i64]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();

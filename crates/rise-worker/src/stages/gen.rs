@@ -1,7 +1,9 @@
 //! Responses for conversations: render with the model's template, sample with rise-model's
 //! batched sampler, return the texts.
 use rise_data::conversation::{ChatTemplate, Message, TokenizeText};
+use rise_model::config::SamplingShape;
 use rise_model::sampler::{self, generate_seeded};
+use rise_model::{checkpoint, MemoryBudget};
 use rise_stages::kinds::SamplingParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 
@@ -95,6 +97,7 @@ pub fn respond(
             })?;
             prompts.push(loaded.tokenizer.encode(&text));
         }
+        check_fits(ctx, loaded, &prompts, &params, s.batch_size)?;
         let seeds: Vec<(u64, u64)> = chunk.iter().map(|r| (seed, r.stream)).collect();
         let completions = generate_seeded(
             &loaded.model,
@@ -112,6 +115,37 @@ pub fn respond(
         }
     }
     Ok(out)
+}
+
+/// Refuses a batch whose KV cache and logits the worker cannot hold before the sampler
+/// allocates them (libtorch would panic): `batch_size` prompts × `n` samples × (prompt +
+/// `max_new_tokens`) tokens is the stage author's to lower, and the error says so.
+fn check_fits(
+    ctx: &StageContext,
+    loaded: &Loaded,
+    prompts: &[Vec<u32>],
+    params: &sampler::SamplingParams,
+    batch_size: usize,
+) -> Result<(), StageError> {
+    let shape = SamplingShape {
+        prompts: prompts.len(),
+        samples: params.n,
+        longest_prompt: prompts.iter().map(Vec::len).max().unwrap_or(0),
+        max_new_tokens: params.max_new_tokens,
+    };
+    let placement = checkpoint::placement(loaded.model.device(), loaded.model.compute_kind());
+    loaded
+        .cfg
+        .check_sampling(&shape, placement, &MemoryBudget::of_this_machine())
+        .map(drop)
+        .map_err(|e| {
+            StageError::msg(format!(
+                "stage {}: sampling params.batch_size = {batch_size} prompts per \
+                 batch (this one has {}), {} samples each (params.n or params.parallel), \
+                 params.max_new_tokens = {}: {e}",
+                ctx.stage, shape.prompts, shape.samples, shape.max_new_tokens
+            ))
+        })
 }
 
 /// A stream id for (text, salt): FNV-1a of the text mixed with the salt, so a prompt id and a
