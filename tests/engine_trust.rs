@@ -1,5 +1,7 @@
-//! The engine never commits a wrong result: processes that outlive a killed engine, stage output
-//! that is not text, and twin keys (stages whose kind, params and inputs are identical).
+//! The engine never commits a wrong result: processes that outlive a killed engine or their
+//! stage (also those that leave its environment, group and session), stage output that is not
+//! text or would drive rise's terminal, and twin keys (stages whose kind, params and inputs are
+//! identical).
 mod support;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -50,9 +52,9 @@ fn wait_for(path: &Path, child: &mut Child) {
     }
 }
 
-fn uninterrupted_lock() -> String {
+fn uninterrupted_lock(text: &str) -> String {
     let clean = Env::new();
-    let p = clean.write("p.toml", &background_writer_pipeline());
+    let p = clean.write("p.toml", text);
     clean.ok(&["run", p.to_str().unwrap(), "--quiet"]);
     clean.ok(&["lock", p.to_str().unwrap()])
 }
@@ -68,7 +70,8 @@ fn output_lines(env: &Env) -> String {
 
 fn killed_engine_then_rerun(signal: &str) {
     let env = Env::new();
-    let p = env.write("p.toml", &background_writer_pipeline());
+    let text = background_writer_pipeline();
+    let p = env.write("p.toml", &text);
     let p = p.to_str().unwrap();
     let mut child = env
         .rise(&["run", p, "--plain"])
@@ -92,7 +95,7 @@ fn killed_engine_then_rerun(signal: &str) {
     assert!(rerun.status.success(), "{}", stderr(&rerun));
     let expected: String = (1..=15).map(|i| format!("line {i}\n")).collect();
     assert_eq!(output_lines(&env), expected, "one writer, resumed once");
-    assert_eq!(env.ok(&["lock", p]), uninterrupted_lock());
+    assert_eq!(env.ok(&["lock", p]), uninterrupted_lock(&text));
     env.ok(&["audit"]);
 }
 
@@ -131,6 +134,175 @@ fn sighup_is_handled_like_ctrl_c() {
     let before = std::fs::read_to_string(&scratch).unwrap();
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(std::fs::read_to_string(&scratch).unwrap(), before);
+}
+
+/// [`background_writer_pipeline`] with the writer started by `env -i setsid`: it carries no
+/// stage token and leaves the engine's process group and session. With `detach` it also
+/// closes the stage's stdout and stderr and works in the scratch directory; without, it keeps
+/// them. Each line's writer (its pid) is appended to `writers` beside the pipeline.
+fn escaping_writer_pipeline(detach: bool) -> String {
+    let detach = if detach {
+        r#"cd "$O"; exec </dev/null >/dev/null 2>&1"#
+    } else {
+        ":"
+    };
+    header("escapees")
+        + &format!(
+            r#"[stage.bg]
+kind = "shell"
+outputs = ["lines"]
+cmd = '''
+O="$RISE_SCRATCH"; D="$PWD"
+env -i O="$O" D="$D" setsid bash -c '{detach}
+lines="$O/lines"
+n=0; if [ -f "$lines" ]; then n=$(wc -l < "$lines"); fi
+i=$n
+while [ "$i" -lt 15 ]; do
+  i=$((i+1)); echo "line $i" >> "$lines"; echo $$ >> "$D/writers"
+  if [ "$i" = 3 ]; then touch "$D/started"; fi
+  sleep 0.2
+done' &
+wait
+cp "$O/lines" "$RISE_OUT/lines"
+'''
+"#
+        )
+}
+
+/// Each writer's lines (its pid, one per line written) are contiguous: a writer that outlived
+/// its run would interleave with the next run's.
+fn assert_one_writer_at_a_time(writers: &str) {
+    let mut seen: Vec<&str> = Vec::new();
+    for pid in writers.lines() {
+        if seen.last() != Some(&pid) {
+            assert!(
+                !seen.contains(&pid),
+                "writer {pid} came back after another started: {writers}"
+            );
+            seen.push(pid);
+        }
+    }
+}
+
+/// A SIGKILLed engine leaves a writer that cleared its environment (no token) and left the
+/// session: the next run finds it by the stage's pipes it still holds, or by its working
+/// directory inside the stage's scratch, and kills it before the stage runs again.
+fn sigkill_then_rerun_with_escaped_writer(detach: bool) {
+    let env = Env::new();
+    let text = escaping_writer_pipeline(detach);
+    let p = env.write("p.toml", &text);
+    let p = p.to_str().unwrap();
+    let mut child = env.rise(&["run", p, "--quiet"]).spawn().unwrap();
+    wait_for(&env.path("started"), &mut child);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let rerun = env.run(&["run", p, "--plain"]);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let said = stderr(&rerun);
+    assert!(
+        said.contains("was killed while running this stage; killed")
+            && !said.contains("killed 0 of its processes"),
+        "{said}"
+    );
+    let expected: String = (1..=15).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(output_lines(&env), expected, "one writer, resumed once");
+    let writers = std::fs::read_to_string(env.path("writers")).unwrap();
+    assert_eq!(writers.lines().count(), 15, "{writers}");
+    assert_one_writer_at_a_time(&writers);
+    assert_eq!(env.ok(&["lock", p]), uninterrupted_lock(&text));
+    env.ok(&["audit"]);
+}
+
+#[test]
+fn sigkill_of_the_engine_leaves_no_writer_that_left_its_session_and_environment() {
+    sigkill_then_rerun_with_escaped_writer(false);
+}
+
+#[test]
+fn sigkill_of_the_engine_leaves_no_detached_writer_working_in_its_scratch() {
+    sigkill_then_rerun_with_escaped_writer(true);
+}
+
+#[test]
+fn a_daemon_that_outlives_its_stage_dies_when_the_stage_exits() {
+    let env = Env::new();
+    // Two daemons outside the stage's environment, group and session; one closed the stage's
+    // stdout and stderr, the other keeps them (the engine reads them to their end).
+    let text = header("daemons")
+        + r#"[stage.d]
+kind = "shell"
+outputs = ["out.txt"]
+cmd = '''
+D="$PWD"
+env -i D="$D" setsid bash -c 'for i in $(seq 600); do echo x >> "$D/beat-quiet"; sleep 0.1; done' </dev/null >/dev/null 2>&1 &
+env -i D="$D" setsid bash -c 'for i in $(seq 600); do echo x >> "$D/beat-loud"; sleep 0.1; done' &
+while [ ! -s "$D/beat-quiet" ] || [ ! -s "$D/beat-loud" ]; do sleep 0.05; done
+echo done > "$RISE_OUT/out.txt"
+'''
+"#;
+    let p = env.write("p.toml", &text);
+    let started = Instant::now();
+    env.ok(&["run", p.to_str().unwrap(), "--quiet"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the run waited {:?} for a daemon holding its stage's stdout",
+        started.elapsed()
+    );
+    let size = |name: &str| std::fs::metadata(env.path(name)).unwrap().len();
+    let before = (size("beat-quiet"), size("beat-loud"));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        (size("beat-quiet"), size("beat-loud")),
+        before,
+        "a daemon of the stage still writes after the stage ended"
+    );
+}
+
+#[test]
+fn stage_output_and_pipeline_names_cannot_drive_the_terminal() {
+    let env = Env::new();
+    // Colours, a window title and a bell on stderr (quoted by the failure), and the same in a
+    // message event (shown live).
+    let text = header("escapes")
+        + r#"[stage.f]
+kind = "shell"
+cmd = '''echo '{"event":"message","msg":"\u001b]0;pwned\u0007"}'; printf '\x1b[31mred\x1b]0;title\x07 \xff\xfe\n' >&2; exit 3'''
+"#;
+    let p = env.write("p.toml", &text);
+    let out = env.run(&["run", p.to_str().unwrap(), "--plain"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        !out.stderr.iter().any(|&b| b == 0x1b || b == 0x07),
+        "raw control characters on rise's stderr: {err:?}"
+    );
+    assert!(err.contains(r"\x1b[31mred\x1b]0;title\x07"), "{err}");
+    assert!(err.contains(r"\x1b]0;pwned\x07"), "{err}");
+    // The stage's log keeps what it wrote, byte for byte.
+    let log = std::fs::read_dir(env.store().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("f.log"))
+        .find(|p| p.exists())
+        .expect("the stage log");
+    let bytes = std::fs::read(log).unwrap();
+    let raw: &[u8] = b"\x1b[31mred\x1b]0;title\x07 \xff\xfe\n";
+    assert!(bytes.windows(raw.len()).any(|w| w == raw));
+
+    // The pipeline's name is printed too: one with a control character is refused, located.
+    let named = env.write(
+        "named.toml",
+        "[pipeline]\nname = \"x\\u001b]0;pwn\\u0007y\"\nseed = 1\n\n\
+         [stage.a]\nkind = \"shell\"\ncmd = 'true'\n",
+    );
+    let out = env.run(&["run", named.to_str().unwrap(), "--plain"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(!out.stderr.contains(&0x1b), "{err:?}");
+    assert!(
+        err.contains("named.toml:2") && err.contains("control character"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,6 +1,11 @@
 //! The live view of a run: indicatif bars on a terminal, plain lines otherwise, and always a
 //! plain copy in the run's log file in the store.
+//!
+//! Everything shown passes [`escape_controls`]: what a stage prints (its messages, units, the
+//! stderr tail quoted by a failure) reaches rise's terminal as text, never as escape sequences.
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{IsTerminal, LineWriter, Write};
 use std::sync::Mutex;
@@ -55,8 +60,10 @@ impl Display {
         }
     }
 
-    /// A line for the terminal and the run log.
+    /// A line for the terminal and the run log, control characters escaped.
     pub fn line(&self, line: &str) {
+        let line = escape_controls(line);
+        let line = line.as_ref();
         self.to_log(line);
         if self.quiet {
             return;
@@ -116,17 +123,17 @@ impl Display {
                     total: Some(total),
                     unit,
                 } => {
-                    bar.set_style(bar_style(unit));
+                    bar.set_style(bar_style(&escape_controls(unit)));
                     bar.set_length(*total);
                     bar.set_position(0);
                     bar.reset_eta();
                 }
                 Event::Start { total: None, unit } => {
                     bar.set_style(spinner_style());
-                    bar.set_message(unit.clone());
+                    bar.set_message(escape_controls(unit).into_owned());
                 }
                 Event::Advance { n } => bar.inc(*n),
-                Event::Message { msg } => bar.set_message(msg.clone()),
+                Event::Message { msg } => bar.set_message(escape_controls(msg).into_owned()),
                 Event::Metric { .. } | Event::Log { .. } => {}
             }
             return;
@@ -220,6 +227,27 @@ impl Display {
     }
 }
 
+/// `text` with its control characters (ESC, BEL, CR, DEL, C1 codes...) written as `\x1b`,
+/// except newlines and tabs. For whatever a stage says that rise shows on its terminal or
+/// stderr: raw, it could set the terminal's title or colours, move the cursor or erase what
+/// rise printed.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escaped(c) {
+            // Control characters are all below U+0100: two hex digits.
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn spinner_style() -> ProgressStyle {
     ProgressStyle::with_template("{prefix} {spinner} {elapsed:>6} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
@@ -232,4 +260,18 @@ fn bar_style(unit: &str) -> ProgressStyle {
     ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_but_text_is_kept() {
+        assert!(matches!(escape_controls("plain ü\tx\ny"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("\u{1b}[31mred\u{1b}]0;title\u{7} \u{fffd}\r\u{7f}\u{9b}"),
+            "\\x1b[31mred\\x1b]0;title\\x07 \u{fffd}\\x0d\\x7f\\x9b"
+        );
+    }
 }

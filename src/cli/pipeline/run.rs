@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use rise_engine::exec::{self, ExecutorKind, RunOptions, RunSummary, SlurmOptions, StageState};
-use rise_engine::progress::DisplayMode;
+use rise_engine::progress::{escape_controls, DisplayMode};
 
 use super::{load, open_store, print_json, registry, RunArgs};
 use crate::cli::Global;
@@ -102,6 +102,8 @@ fn print_summary(summary: &RunSummary) {
     );
     for s in summary.failed() {
         if let StageState::Failed { error, log } = &s.state {
+            // The error may quote the stage (its stderr, its file names): text, not escapes.
+            let error = escape_controls(error);
             errln!("FAILED {}: {error}\n       log: {}", s.stage, log.display());
         }
     }

@@ -21,7 +21,7 @@ use super::{
     hostname, new_run_id, now_rfc3339, stage_log_path, store_err, threads_per_stage, RunError,
     RunOptions, StageEnv, StageState,
 };
-use crate::child::{run_child, LineSink, StageLog};
+use crate::child::{run_marked_child, LineSink, StageLog};
 use crate::orphans::{StageProcesses, STAGE_TOKEN_VAR};
 use crate::plan::{stage_key, Cache, CacheCheck};
 use crate::progress::Display;
@@ -321,15 +321,17 @@ fn log_sink(log: &StageLog) -> LineSink {
     Arc::new(move |line: &[u8]| log.bytes(line))
 }
 
-/// Child processes carry a token that outlives this engine: see `orphans`. Claiming it kills
-/// what a killed earlier run of this key left running.
+/// Child processes carry marks that outlive this engine (a token, their pipes, the stage's
+/// directories `dirs`): see `orphans`. Claiming them kills what a killed earlier run of this
+/// key left running.
 fn claim_processes(
     env: &StageEnv<'_>,
     key: &StageKey,
     stage: &str,
+    dirs: &[&Path],
     log: &StageLog,
 ) -> Result<StageProcesses, StageError> {
-    let (processes, reaped) = StageProcesses::claim(env.store, key, env.run_id, stage)
+    let (processes, reaped) = StageProcesses::claim(env.store, key, env.run_id, stage, dirs)
         .map_err(|e| StageError::with_source("cannot clear processes left by an earlier run", e))?;
     if let Some(reaped) = reaped {
         let note = format!(
@@ -362,13 +364,16 @@ pub(crate) fn run_shell(
     log: &StageLog,
 ) -> Result<(), StageError> {
     let sink = log_sink(log);
-    let processes = claim_processes(env, key, &ctx.stage, log)?;
+    let dirs = [ctx.scratch_dir.as_path(), ctx.out_dir.as_path()];
+    let mut processes = claim_processes(env, key, &ctx.stage, &dirs, log)?;
     let mut cmd = shell_command(ctx)?;
     cmd.env(STAGE_TOKEN_VAR, processes.token());
     // Commands run where the pipeline file is, so relative script paths in `cmd` mean the same
     // thing whatever directory `rise run` was started from.
     cmd.current_dir(std::path::absolute(env.resolved.pipeline.dir())?);
-    let exit = run_child(cmd, &sink, &ctx.progress, &env.opts.cancel);
+    let exit = run_marked_child(cmd, &sink, &ctx.progress, &env.opts.cancel, &mut |pipes| {
+        processes.mark_pipes(pipes)
+    });
     finish_processes(processes, log);
     let exit = exit?;
     if !exit.success() {
@@ -396,7 +401,12 @@ pub(crate) fn run_worker(
     ctx.spec
         .write(&spec_path)
         .map_err(|e| StageError::msg(e.to_string()))?;
-    let processes = claim_processes(env, key, &ctx.stage, log)?;
+    let dirs = [
+        ctx.scratch_dir.as_path(),
+        ctx.out_dir.as_path(),
+        spec_dir.as_path(),
+    ];
+    let mut processes = claim_processes(env, key, &ctx.stage, &dirs, log)?;
     let mut cmd = Command::new(worker);
     cmd.arg("stage")
         .arg(&spec_path)
@@ -406,7 +416,9 @@ pub(crate) fn run_worker(
         cmd.env("CUDA_VISIBLE_DEVICES", gpu);
         log.line(&format!("# CUDA_VISIBLE_DEVICES={gpu}"));
     }
-    let exit = run_child(cmd, &sink, &ctx.progress, &env.opts.cancel);
+    let exit = run_marked_child(cmd, &sink, &ctx.progress, &env.opts.cancel, &mut |pipes| {
+        processes.mark_pipes(pipes)
+    });
     finish_processes(processes, log);
     let exit = exit?;
     let _ = std::fs::remove_dir_all(&spec_dir);

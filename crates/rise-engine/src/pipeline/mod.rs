@@ -304,8 +304,21 @@ fn parse_pipeline_table(
             for (k, v) in t {
                 let field = format!("pipeline.{k}");
                 match (k.as_str(), v) {
-                    ("name", toml::Value::String(s)) if !s.trim().is_empty() => name = s.clone(),
-                    ("name", toml::Value::String(_)) => errors.at(&field, "must not be empty"),
+                    ("name", toml::Value::String(s)) if s.trim().is_empty() => {
+                        errors.at(&field, "must not be empty")
+                    }
+                    // rise prints the name on its terminal: a control character in it (ESC,
+                    // BEL) would be an escape sequence there, setting the title or colours.
+                    ("name", toml::Value::String(s)) if s.chars().any(char::is_control) => errors
+                        .at(
+                            &field,
+                            format!(
+                                "`{}` contains a control character; pipeline names are \
+                                 printed on the terminal",
+                                crate::progress::escape_controls(s)
+                            ),
+                        ),
+                    ("name", toml::Value::String(s)) => name = s.clone(),
                     ("seed", toml::Value::Integer(i)) if *i >= 0 => seed = *i as u64,
                     ("seed", toml::Value::Integer(i)) => {
                         errors.at(&field, format!("must be >= 0, got {i}"))
