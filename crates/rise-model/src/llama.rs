@@ -206,31 +206,33 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `batch` rows of up to `capacity` tokens each.
+    /// An empty cache for `batch` rows of up to `capacity` tokens each. Fails when an
+    /// allocation fails (a device out of memory: [`LlamaConfig::check_sampling`] bounds only
+    /// host memory, since libtorch does not say how much a device has).
     pub fn new(
         cfg: &LlamaConfig,
         batch: usize,
         capacity: usize,
         kind: Kind,
         device: Device,
-    ) -> Self {
+    ) -> Result<Self, TchError> {
         let shape = [
             batch as i64,
             cfg.num_key_value_heads as i64,
             capacity as i64,
             cfg.head_dim as i64,
         ];
-        let alloc = || -> Vec<Tensor> {
+        let alloc = || -> Result<Vec<Tensor>, TchError> {
             (0..cfg.num_hidden_layers)
-                .map(|_| Tensor::zeros(shape, (kind, device)))
+                .map(|_| Tensor::f_zeros(shape, (kind, device)))
                 .collect()
         };
-        KvCache {
-            k: alloc(),
-            v: alloc(),
+        Ok(KvCache {
+            k: alloc()?,
+            v: alloc()?,
             len: 0,
             capacity: capacity as i64,
-        }
+        })
     }
 
     /// Tokens already cached per row (including left padding).
@@ -255,15 +257,16 @@ impl KvCache {
 
     /// A cache holding the given rows (an `Int64` index tensor), in that order: repeats
     /// expand one prefill into n samples, omissions drop finished rows.
-    pub fn select_rows(&self, rows: &Tensor) -> KvCache {
-        let pick =
-            |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.index_select(0, rows)).collect() };
-        KvCache {
-            k: pick(&self.k),
-            v: pick(&self.v),
+    pub fn select_rows(&self, rows: &Tensor) -> Result<KvCache, TchError> {
+        let pick = |ts: &[Tensor]| -> Result<Vec<Tensor>, TchError> {
+            ts.iter().map(|t| t.f_index_select(0, rows)).collect()
+        };
+        Ok(KvCache {
+            k: pick(&self.k)?,
+            v: pick(&self.v)?,
             len: self.len,
             capacity: self.capacity,
-        }
+        })
     }
 }
 

@@ -13,6 +13,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::checkpoint;
+use crate::config::{BatchTooLarge, MemoryBudget, SamplingShape};
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::Tokenizer;
 
@@ -93,6 +95,9 @@ pub enum SampleError {
         /// What is wrong.
         message: String,
     },
+    /// The batch would not fit in memory (checked before anything is allocated).
+    #[error(transparent)]
+    TooLarge(#[from] BatchTooLarge),
     /// A libtorch call failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
@@ -145,55 +150,85 @@ fn row_uniform(rng: &mut ChaCha8Rng) -> f64 {
 
 /// Picks one token per row of `logits` `[rows, vocab]` (fp32).
 fn sample_tokens(logits: &Tensor, params: &SamplingParams, uniforms: &[f64]) -> Vec<i64> {
-    let picks = if params.temperature == 0.0 {
-        logits.argmax(-1, false)
+    if params.temperature == 0.0 {
+        let picks = logits
+            .argmax(-1, false)
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Int64);
+        return Vec::<i64>::try_from(picks).expect("1-d int64 tensor");
+    }
+    // x / 1.0 is x, bit for bit: skip the pass over the vocabulary at the default temperature.
+    let scaled = if params.temperature == 1.0 {
+        logits.shallow_clone()
     } else {
-        let scaled = logits / params.temperature;
-        let vocab = scaled.size()[1];
-        let filtered = (params.top_k > 0 && (params.top_k as i64) < vocab) || params.top_p < 1.0;
-        // Inverse-CDF sampling is exact in any token order: sort only when top-k or top-p
-        // must cut the tail, since the sort costs about as much as a decoder layer here.
-        let (sorted, order) = if filtered {
-            let (sorted, order) = scaled.sort(-1, true);
-            (sorted, Some(order))
-        } else {
-            (scaled, None)
-        };
-        if params.top_k > 0 && (params.top_k as i64) < vocab {
-            let _ = sorted
-                .narrow(1, params.top_k as i64, vocab - params.top_k as i64)
-                .fill_(f64::NEG_INFINITY);
-        }
-        let mut probs = sorted.softmax(-1, Kind::Float);
-        if params.top_p < 1.0 {
-            // Drop a token when the tokens ranked above it already reach top_p.
-            let before = probs.cumsum(-1, Kind::Float) - &probs;
-            probs = probs.masked_fill(&before.gt(params.top_p), 0.0);
-        }
-        let cdf = probs.cumsum(-1, Kind::Float);
-        let total = cdf.narrow(1, vocab - 1, 1);
-        let u = Tensor::from_slice(uniforms)
-            .to_device(logits.device())
-            .to_kind(Kind::Float)
-            .unsqueeze(1)
-            * &total;
-        let idx = u.searchsorted::<Tensor>(&cdf, false, true, "right", None);
-        // Rounding can put u at the very top of the cdf; stay on a token with mass.
-        // (Sorted, the tokens with mass are a prefix; unsorted, take the highest index.)
-        let last_kept = if order.is_some() {
-            probs.gt(0.0).sum_dim_intlist(-1, true, Kind::Int64) - 1
-        } else {
-            let index = Tensor::arange(vocab, (Kind::Int64, probs.device()));
-            (probs.gt(0.0).to_kind(Kind::Int64) * index).amax(&[-1i64][..], true)
-        };
-        let idx = idx.minimum(&last_kept);
-        match order {
-            Some(order) => order.gather(1, &idx, false).squeeze_dim(1),
-            None => idx.squeeze_dim(1),
-        }
+        logits / params.temperature
     };
-    Vec::<i64>::try_from(picks.to_device(Device::Cpu).to_kind(Kind::Int64))
-        .expect("1-d int64 tensor")
+    let vocab = scaled.size()[1];
+    let top_k = (params.top_k > 0 && (params.top_k as i64) < vocab).then_some(params.top_k as i64);
+    let filtered = top_k.is_some() || params.top_p < 1.0;
+    // Inverse-CDF sampling is exact in any token order: sort only when top-k or top-p
+    // must cut the tail, since the sort costs about as much as a decoder layer here.
+    let (sorted, order) = if filtered {
+        let (sorted, order) = scaled.sort(-1, true);
+        (sorted, Some(order))
+    } else {
+        (scaled, None)
+    };
+    if let Some(k) = top_k {
+        let _ = sorted.narrow(1, k, vocab - k).fill_(f64::NEG_INFINITY);
+    }
+    let mut probs = sorted.softmax(-1, Kind::Float);
+    if params.top_p < 1.0 {
+        // Drop a token when the tokens ranked above it already reach top_p.
+        let before = probs.cumsum(-1, Kind::Float) - &probs;
+        probs = probs.masked_fill(&before.gt(params.top_p), 0.0);
+    }
+    let cdf = probs.cumsum(-1, Kind::Float);
+    let total = cdf.narrow(1, vocab - 1, 1);
+    let u = Tensor::from_slice(uniforms)
+        .to_device(logits.device())
+        .to_kind(Kind::Float)
+        .unsqueeze(1)
+        * &total;
+    // The first token whose cdf exceeds u has mass (its cdf rose past u). Only when rounding
+    // puts u at the very top of the cdf is there no such token (index = vocab); that row then
+    // takes its last token with mass, found for it alone: a pass over the whole vocabulary
+    // for every row at every step would cost more than the draw.
+    let idx = u.searchsorted::<Tensor>(&cdf, false, true, "right", None);
+    // Sorted: the token ids of the clamped positions come back in the same transfer.
+    let fetched = match &order {
+        Some(order) => Tensor::cat(
+            &[&idx, &order.gather(1, &idx.clamp_max(vocab - 1), false)],
+            1,
+        ),
+        None => idx,
+    };
+    let fetched = Vec::<Vec<i64>>::try_from(fetched.to_device(Device::Cpu).to_kind(Kind::Int64))
+        .expect("2-d int64 tensor");
+    fetched
+        .into_iter()
+        .enumerate()
+        .map(|(row, f)| {
+            let (position, token) = (f[0], f.get(1).copied().unwrap_or(f[0]));
+            if position < vocab {
+                return token;
+            }
+            let has_mass = probs.get(row as i64).gt(0.0);
+            match &order {
+                // Sorted, the tokens with mass are a prefix.
+                Some(order) => {
+                    let last = has_mass.sum(Kind::Int64).int64_value(&[]) - 1;
+                    order.get(row as i64).int64_value(&[last])
+                }
+                None => {
+                    let index = Tensor::arange(vocab, (Kind::Int64, probs.device()));
+                    (has_mass.to_kind(Kind::Int64) * index)
+                        .max()
+                        .int64_value(&[])
+                }
+            }
+        })
+        .collect()
 }
 
 /// Does the end of `tokens` contain a stop string? Only the tail is decoded: a stop string
@@ -267,6 +302,18 @@ pub fn generate_seeded(
             });
         }
     }
+    // Before any allocation, also the early return's: prompts × n completions.
+    let shape = SamplingShape {
+        prompts: prompts.len(),
+        samples: params.n,
+        longest_prompt: prompts.iter().map(Vec::len).max().unwrap_or(0),
+        max_new_tokens: params.max_new_tokens,
+    };
+    cfg.check_sampling(
+        &shape,
+        checkpoint::placement(device, model.compute_kind()),
+        &MemoryBudget::of_this_machine(),
+    )?;
     if prompts.is_empty() || params.max_new_tokens == 0 {
         return Ok(prompts
             .iter()
@@ -326,7 +373,7 @@ fn generate_inner(
         .view([b as i64, capacity as i64])
         .to_device(device);
 
-    let mut cache = KvCache::new(cfg, b, capacity, model.compute_kind(), device);
+    let mut cache = KvCache::new(cfg, b, capacity, model.compute_kind(), device)?;
     // Without left padding the mask is all ones and plain causal attention is exact: the
     // forward pass then builds no mask and attention takes no bias, on every step.
     let padded = prompts.iter().any(|p| p.len() != plen);
@@ -338,7 +385,7 @@ fn generate_inner(
     let expand = Tensor::arange(b as i64, (Kind::Int64, device))
         .repeat_interleave_self_int(n as i64, 0, None);
     let mut cache = if n > 1 {
-        cache.select_rows(&expand)
+        cache.select_rows(&expand)?
     } else {
         cache
     };
@@ -411,7 +458,7 @@ fn generate_inner(
                 .map(|i| i as i64)
                 .collect();
             let keep_t = Tensor::from_slice(&keep).to_device(device);
-            cache = cache.select_rows(&keep_t);
+            cache = cache.select_rows(&keep_t)?;
             mask_all = mask_all.index_select(0, &keep_t);
             live = keep.iter().map(|&i| live[i as usize]).collect();
         }
@@ -476,6 +523,30 @@ fn generate_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A draw at the very top of the cdf (u = 1, which rounding can produce) has no token whose
+    /// cdf exceeds it: the row takes its last token with mass, never one with none.
+    #[test]
+    fn a_draw_at_the_top_of_the_cdf_takes_the_last_token_with_mass() {
+        let neg = f32::NEG_INFINITY;
+        // Rows: tokens 3 and 4 impossible; all tokens possible.
+        let logits =
+            Tensor::from_slice(&[0.5f32, 2.0, 1.0, neg, neg, 0.1, 0.2, 0.3, 0.4, 0.5]).view([2, 5]);
+        let plain = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        assert_eq!(sample_tokens(&logits, &plain, &[1.0, 1.0]), [2, 4]);
+        assert_eq!(sample_tokens(&logits, &plain, &[0.0, 0.0]), [0, 0]);
+        // Sorted (top-k 2): the mass is on the two best tokens; the top draw takes the second.
+        let top2 = SamplingParams {
+            temperature: 0.5,
+            top_k: 2,
+            ..Default::default()
+        };
+        assert_eq!(sample_tokens(&logits, &top2, &[1.0, 1.0]), [2, 3]);
+        assert_eq!(sample_tokens(&logits, &top2, &[0.0, 0.0]), [1, 4]);
+    }
 
     /// A seed reproduces its samples across versions: the draws of a row's stream are part of
     /// every sampled result, so a change of `rand`/`rand_chacha` (or of the key layout) that

@@ -52,7 +52,8 @@ fn kv_cache_decode_matches_full_forward() {
                 None,
             )
         });
-        let mut cache = rise_model::KvCache::new(&cfg, 1, seq.len(), Kind::Float, device());
+        let mut cache =
+            rise_model::KvCache::new(&cfg, 1, seq.len(), Kind::Float, device()).unwrap();
         let split = 5;
         let mut parts = vec![tch::no_grad(|| {
             model.forward(
@@ -94,7 +95,8 @@ fn greedy_decoding_matches_transformers_token_for_token() {
             let prompt = ids(&case["prompt_ids"]);
             let want = ids(&case["tokens"]);
             let mut cache =
-                rise_model::KvCache::new(&cfg, 1, prompt.len() + n_new, Kind::Float, device());
+                rise_model::KvCache::new(&cfg, 1, prompt.len() + n_new, Kind::Float, device())
+                    .unwrap();
             let mut input = Tensor::from_slice(&prompt).unsqueeze(0).to_device(device());
             let mut got = Vec::new();
             for _ in 0..n_new {
