@@ -140,8 +140,8 @@ fn to_json(v: &toml::Value, field: &str, src: &Source) -> Result<Value, Pipeline
 /// (`NAME_MAX`); 200 leaves room for the suffixes.
 pub const MAX_STAGE_NAME_BYTES: usize = 200;
 
-/// A valid stage or template name: letters, digits, `_`, `-`, `.`; not empty; at most
-/// [`MAX_STAGE_NAME_BYTES`].
+/// A valid stage or template name: letters, digits, `_`, `-`, `.`, not starting with `.` or
+/// `-`; not empty; at most [`MAX_STAGE_NAME_BYTES`].
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("stage names must not be empty".into());
@@ -162,6 +162,13 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err(format!(
             "stage name `{name}` contains `{c}`; use letters, digits, `_`, `-` or `.` \
              (`/` is reserved for iteration instances such as iter1/train)"
+        ));
+    }
+    if name.starts_with(['.', '-']) {
+        // `..` or `.x` would name a hidden log file, `-x` reads as an option in `rise show -x`.
+        return Err(format!(
+            "stage name `{name}` starts with `{}`; start it with a letter, a digit or `_`",
+            &name[..1]
         ));
     }
     Ok(())
