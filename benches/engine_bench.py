@@ -243,7 +243,8 @@ def bench_executor(args, work):
 
 
 def put_subsection(results, text):
-    """Replace (or append) the executor subsection inside "## Engine", leaving the rest."""
+    """Replace (or append) the executor subsection's generated part (heading, paragraph, table)
+    inside "## Engine", leaving the rest, the prose after the table included."""
     res = Path(results)
     old = res.read_text()
     start = old.find("\n## Engine\n")
@@ -254,8 +255,14 @@ def put_subsection(results, text):
     section = old[start:end]
     sub = section.find("\n### Executor: Slurm\n")
     if sub >= 0:
+        # Replace what this script wrote (heading, paragraph, table) and keep the prose written
+        # by hand after the table: it reads the figures of a dated run and says so.
         nxt = section.find("\n### ", sub + 1)
         sub_end = len(section) if nxt < 0 else nxt
+        table = section.find("\n| driver |", sub, sub_end)
+        if table >= 0:
+            blank = section.find("\n\n", table)
+            sub_end = sub_end if blank < 0 else min(blank + 1, sub_end)
         section = section[:sub] + "\n" + text.rstrip("\n") + "\n" + section[sub_end:]
     else:
         section = section.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
