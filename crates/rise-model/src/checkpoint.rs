@@ -40,12 +40,13 @@ pub enum CheckpointError {
     #[error("{0} has no model.safetensors or model.safetensors.index.json")]
     NoWeights(PathBuf),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause: in the message, and not also reported as the error's source, which
+        /// made `{:#}` chains print it twice.
+        cause: std::io::Error,
     },
     /// A safetensors file or the shard index is malformed.
     #[error("{path}: {message}")]
@@ -71,9 +72,9 @@ pub enum CheckpointError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+    move |cause| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -421,6 +422,17 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, Checkpo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_is_said_once_in_a_cause_chain() {
+        let err = io(Path::new("/nowhere/model.safetensors"))(std::io::Error::from(
+            std::io::ErrorKind::NotFound,
+        ));
+        // anyhow's `{:#}` prints the message, then each source: the cause must be in one only.
+        let said = err.to_string();
+        assert!(said.contains("not found"), "{said}");
+        assert!(std::error::Error::source(&err).is_none(), "{said}");
+    }
 
     fn tiny() -> LlamaConfig {
         let mut c = LlamaConfig::tiny(64);

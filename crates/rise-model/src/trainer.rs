@@ -582,9 +582,9 @@ impl<'a> Trainer<'a> {
         self.checkpoint_dir = Some(dir.to_path_buf());
         let latest = dir.join("latest");
         if latest.is_file() {
-            let name = std::fs::read_to_string(&latest).map_err(|source| CheckpointError::Io {
+            let name = std::fs::read_to_string(&latest).map_err(|cause| CheckpointError::Io {
                 path: latest.clone(),
-                source,
+                cause,
             })?;
             self.load_checkpoint(&dir.join(name.trim()))?;
         }
@@ -862,7 +862,7 @@ impl<'a> Trainer<'a> {
         };
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CheckpointError::Io { path, source }
+            move |cause| CheckpointError::Io { path, cause }
         };
         let (rank, world) = self.rank_world();
         let sharded = !self.flat.full_moments();
@@ -961,9 +961,9 @@ impl<'a> Trainer<'a> {
 
     fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
         let state_path = path.join("trainer_state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|source| CheckpointError::Io {
+        let text = std::fs::read_to_string(&state_path).map_err(|cause| CheckpointError::Io {
             path: state_path.clone(),
-            source,
+            cause,
         })?;
         let state: TrainerState =
             serde_json::from_str(&text).map_err(|e| CheckpointError::Format {
