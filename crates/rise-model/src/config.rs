@@ -1576,6 +1576,22 @@ mod tests {
         );
     }
 
+    /// Each `(field, message)`: BASE with that field added (it replaces BASE's own: JSON objects
+    /// keep the last) is refused with an error starting `config.json: message`, said once.
+    fn assert_refused(cases: &[(&str, &str)]) {
+        for (extra, want) in cases {
+            let e = parse(&format!("{{{BASE}, {extra}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("config.json: {want}")),
+                "{extra}: {e}"
+            );
+            let first = want.split(": ").nth(1).unwrap();
+            assert_eq!(e.matches(first).count(), 1, "repeated: {e}");
+        }
+    }
+
     #[test]
     fn a_wrongly_typed_field_is_named_once() {
         let cases = [
@@ -1595,18 +1611,7 @@ mod tests {
             (r#""model_type": 3"#, "field `model_type`: expected a string"),
             (r#""sliding_window": 4096.0"#, "field `sliding_window`: 4096.0 is a floating-point"),
         ];
-        for (extra, want) in cases {
-            // The field replaces BASE's when both are given: JSON objects keep the last.
-            let e = parse(&format!("{{{BASE}, {extra}}}"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.starts_with(&format!("config.json: {want}")),
-                "{extra}: {e}"
-            );
-            let first = want.split(": ").nth(1).unwrap();
-            assert_eq!(e.matches(first).count(), 1, "repeated: {e}");
-        }
+        assert_refused(&cases);
         let e = parse(r#"{"hidden_size": 64}"#).unwrap_err().to_string();
         assert!(e.contains("field `vocab_size`: is missing"), "{e}");
         // Null is "not set", as transformers reads it.
@@ -1644,15 +1649,7 @@ mod tests {
             (r#""sliding_window": 0"#, "field `sliding_window`: must be positive"),
             (r#""sliding_window": 4294967296"#, "field `sliding_window`: 4294967296 positions"),
         ];
-        for (extra, want) in cases {
-            let e = parse(&format!("{{{BASE}, {extra}}}"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.starts_with(&format!("config.json: {want}")),
-                "{extra}: {e}"
-            );
-        }
+        assert_refused(&cases);
         // The largest accepted values pass.
         let c = parse(&format!(
             r#"{{{BASE}, "rms_norm_eps": 0.5, "max_position_embeddings": 2147483648}}"#
