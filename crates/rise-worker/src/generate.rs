@@ -3,8 +3,6 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use rise_data::conversation::{ChatTemplate, Message, Role, TokenizeText};
-use rise_model::checkpoint;
-use rise_model::config::SamplingShape;
 use rise_model::sampler::{self, SamplingParams};
 
 use crate::model_opts::ModelOpts;
@@ -128,25 +126,7 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(w, "=== completion ===")?;
         w.flush()?;
     }
-    let (cfg, model, device) = args.model.load()?;
-    // Every prompt's n samples share one batch: refuse one whose KV cache and logits cannot
-    // fit before the sampler allocates them (libtorch would panic).
-    let shape = SamplingShape {
-        prompts: prompts.len(),
-        samples: args.n,
-        longest_prompt: prompts.iter().map(Vec::len).max().unwrap_or(0),
-        max_new_tokens: args.max_new_tokens,
-    };
-    let placement = checkpoint::placement(device, model.compute_kind());
-    cfg.check_sampling(&shape, placement, &args.model.budget())
-        .with_context(|| {
-            format!(
-                "--n {} samples for each of {} --prompt(s), --max-new-tokens {}, in one batch",
-                args.n,
-                prompts.len(),
-                args.max_new_tokens
-            )
-        })?;
+    let (_, model, device) = args.model.load()?;
     let params = SamplingParams {
         n: args.n,
         temperature: args.temperature,
@@ -156,7 +136,22 @@ pub fn run(args: Args) -> Result<()> {
         stop_strings: stop,
         seed: args.seed,
     };
-    let out = sampler::generate(&model, &tokenizer, &prompts, &params, device)?;
+    // Every prompt's n samples share one batch, which the sampler refuses before allocating
+    // when its KV cache and logits cannot fit: say which flags size it.
+    let out = sampler::generate(&model, &tokenizer, &prompts, &params, device).map_err(|e| {
+        let too_large = matches!(e, sampler::SampleError::TooLarge(_));
+        let e = anyhow::Error::from(e);
+        if too_large {
+            e.context(format!(
+                "--n {} samples for each of {} --prompt(s), --max-new-tokens {}, in one batch",
+                args.n,
+                prompts.len(),
+                args.max_new_tokens
+            ))
+        } else {
+            e
+        }
+    })?;
     let single = out.len() == 1 && args.n == 1;
     for (i, samples) in out.iter().enumerate() {
         for (j, c) in samples.iter().enumerate() {

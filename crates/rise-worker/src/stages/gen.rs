@@ -1,9 +1,7 @@
 //! Responses for conversations: render with the model's template, sample with rise-model's
 //! batched sampler, return the texts.
 use rise_data::conversation::{ChatTemplate, Message, TokenizeText};
-use rise_model::config::SamplingShape;
 use rise_model::sampler::{self, generate_seeded};
-use rise_model::{checkpoint, MemoryBudget};
 use rise_stages::kinds::SamplingParams;
 use rise_stages::rise_engine::{StageContext, StageError};
 
@@ -97,7 +95,6 @@ pub fn respond(
             })?;
             prompts.push(loaded.tokenizer.encode(&text));
         }
-        check_fits(ctx, loaded, &prompts, &params, s.batch_size)?;
         let seeds: Vec<(u64, u64)> = chunk.iter().map(|r| (seed, r.stream)).collect();
         let completions = generate_seeded(
             &loaded.model,
@@ -107,7 +104,21 @@ pub fn respond(
             &params,
             loaded.model.device(),
         )
-        .map_err(|e| StageError::msg(format!("stage {}: sampling: {e}", ctx.stage)))?;
+        .map_err(|e| match e {
+            // The sampler refuses a batch its memory cannot hold before allocating it; the
+            // params that size it are the stage author's to lower.
+            sampler::SampleError::TooLarge(e) => StageError::msg(format!(
+                "stage {}: sampling params.batch_size = {} prompts per batch (this one has \
+                 {}), {} samples each (params.n or params.parallel), params.max_new_tokens = \
+                 {}: {e}",
+                ctx.stage,
+                s.batch_size,
+                prompts.len(),
+                params.n,
+                params.max_new_tokens
+            )),
+            e => StageError::msg(format!("stage {}: sampling: {e}", ctx.stage)),
+        })?;
         for samples in completions {
             counts.responses += samples.len() as u64;
             counts.tokens += samples.iter().map(|c| c.tokens.len() as u64).sum::<u64>();
@@ -115,37 +126,6 @@ pub fn respond(
         }
     }
     Ok(out)
-}
-
-/// Refuses a batch whose KV cache and logits the worker cannot hold before the sampler
-/// allocates them (libtorch would panic): `batch_size` prompts × `n` samples × (prompt +
-/// `max_new_tokens`) tokens is the stage author's to lower, and the error says so.
-fn check_fits(
-    ctx: &StageContext,
-    loaded: &Loaded,
-    prompts: &[Vec<u32>],
-    params: &sampler::SamplingParams,
-    batch_size: usize,
-) -> Result<(), StageError> {
-    let shape = SamplingShape {
-        prompts: prompts.len(),
-        samples: params.n,
-        longest_prompt: prompts.iter().map(Vec::len).max().unwrap_or(0),
-        max_new_tokens: params.max_new_tokens,
-    };
-    let placement = checkpoint::placement(loaded.model.device(), loaded.model.compute_kind());
-    loaded
-        .cfg
-        .check_sampling(&shape, placement, &MemoryBudget::of_this_machine())
-        .map(drop)
-        .map_err(|e| {
-            StageError::msg(format!(
-                "stage {}: sampling params.batch_size = {batch_size} prompts per \
-                 batch (this one has {}), {} samples each (params.n or params.parallel), \
-                 params.max_new_tokens = {}: {e}",
-                ctx.stage, shape.prompts, shape.samples, shape.max_new_tokens
-            ))
-        })
 }
 
 /// A stream id for (text, salt): FNV-1a of the text mixed with the salt, so a prompt id and a
