@@ -531,6 +531,16 @@ impl Store {
         &self,
         id: &ArtifactId,
     ) -> Result<(PathBuf, CheckoutOutcome)> {
+        self.checkout_sealed(id)
+            .map(|(path, outcome, _)| (path, outcome))
+    }
+
+    /// [`Store::checkout_with_outcome`], with the stamps the checkout was sealed with (`None`
+    /// when another process made it at the same moment: its seal is theirs).
+    fn checkout_sealed(
+        &self,
+        id: &ArtifactId,
+    ) -> Result<(PathBuf, CheckoutOutcome, Option<Stamps>)> {
         let dest = self.checkout_path(id);
         let tree = self.read_tree(id)?;
         let damage = match fs::symlink_metadata(&dest) {
@@ -539,13 +549,15 @@ impl Store {
                 let ins = inspect(&dest, &tree, seal.as_ref(), Hashing::Changed);
                 if ins.damage.is_empty() {
                     let rehashed = ins.rehashed;
-                    let modes_fixed = self.reseal(id, &dest, &tree, ins, seal.as_ref())?;
+                    let (modes_fixed, stamps) =
+                        self.reseal(id, &dest, &tree, ins, seal.as_ref())?;
                     return Ok((
                         dest,
                         CheckoutOutcome::Reused {
                             rehashed,
                             modes_fixed,
                         },
+                        Some(stamps),
                     ));
                 }
                 ins.damage
@@ -558,8 +570,8 @@ impl Store {
             Err(e) => return Err(StoreError::io("stat", &dest)(e)),
         };
         if damage.is_empty() {
-            self.create_checkout(id, &tree, &dest)?;
-            return Ok((dest, CheckoutOutcome::Created));
+            let stamps = self.create_checkout(id, &tree, &dest)?;
+            return Ok((dest, CheckoutOutcome::Created, stamps));
         }
         tracing::warn!(
             "checkout {} of artifact {id} was damaged ({}); discarding it and materialising it again from the store's blobs",
@@ -567,12 +579,12 @@ impl Store {
             summarise(&damage, 5)
         );
         self.remove_checkout(id)?;
-        self.create_checkout(id, &tree, &dest)?;
-        Ok((dest, CheckoutOutcome::Rebuilt { damage }))
+        let stamps = self.create_checkout(id, &tree, &dest)?;
+        Ok((dest, CheckoutOutcome::Rebuilt { damage }, stamps))
     }
 
     /// After an inspection without damage: tightens loosened modes and rewrites the seal if
-    /// anything differs from it. Returns how many modes were tightened.
+    /// anything differs from it. Returns how many modes were tightened, and the stamps sealed.
     fn reseal(
         &self,
         id: &ArtifactId,
@@ -580,7 +592,7 @@ impl Store {
         tree: &Tree,
         ins: Inspection,
         seal: Option<&Stamps>,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Stamps)> {
         let fixed = ins.loose.len();
         let stamps = if ins.loose.is_empty() {
             ins.stamps
@@ -604,14 +616,15 @@ impl Store {
             inspect(dest, tree, None, Hashing::Trusted).stamps
         };
         if seal != Some(&stamps) {
-            self.write_seal(id, stamps);
+            self.write_seal(id, stamps.clone());
         }
-        Ok(fixed)
+        Ok((fixed, stamps))
     }
 
     /// Materialises artifact `id` into a fresh staging directory, renames it to `dest`, seals
-    /// the top directory and writes the seal record.
-    fn create_checkout(&self, id: &ArtifactId, tree: &Tree, dest: &Path) -> Result<()> {
+    /// the top directory and writes the seal record. Returns the stamps sealed, `None` when
+    /// another process made the checkout at the same moment.
+    fn create_checkout(&self, id: &ArtifactId, tree: &Tree, dest: &Path) -> Result<Option<Stamps>> {
         let staging = self.tmp_path("checkout")?;
         if let Err(e) = self.materialize_into(tree, &staging, true) {
             let _ = remove_dir_all_force(&staging);
@@ -624,7 +637,7 @@ impl Store {
             Err(_) if dest.is_dir() => {
                 // Another process made it at the same moment (verified as it wrote it, sealed
                 // by it): use theirs.
-                return remove_dir_all_force(&staging);
+                return remove_dir_all_force(&staging).map(|()| None);
             }
             Err(e) => {
                 let _ = remove_dir_all_force(&staging);
@@ -641,8 +654,8 @@ impl Store {
                 summarise(&ins.damage, 5),
             )));
         }
-        self.write_seal(id, ins.stamps);
-        Ok(())
+        self.write_seal(id, ins.stamps.clone());
+        Ok(Some(ins.stamps))
     }
 
     /// Makes `dir`, a directory whose files [`Store::put_tree`] has just stored as artifact
@@ -682,11 +695,11 @@ impl Store {
     /// [`Store::handed_checkout_damage`] can tell afterwards whether what the process could
     /// read was the artifact's files all along.
     pub fn hand_over_checkout(&self, id: &ArtifactId) -> Result<(PathBuf, HandedCheckout)> {
-        let dest = self.artifact_path(id)?;
+        let (dest, _, sealed) = self.checkout_sealed(id)?;
         let root = fs::File::open(&dest).map_err(StoreError::io("open", &dest))?;
-        // The seal just checked (or written); without one (a store we may not write), the
-        // stamps as they are now, which `artifact_path` has just verified.
-        let stamps = match self.read_seal(id) {
+        // The stamps just checked or sealed; when another process made the checkout, its seal
+        // (or, without one, the stamps as they are now: it verified the files as it wrote them).
+        let stamps = match sealed.or_else(|| self.read_seal(id)) {
             Some(stamps) => stamps,
             None => inspect(&dest, &self.read_tree(id)?, None, Hashing::Trusted).stamps,
         };
